@@ -1,0 +1,119 @@
+"""The ``autoprune`` command line: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from autoprune.errors import AutopruneError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str) -> Callable:
+    def decorator(fn: Callable) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return decorator
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    p.add_argument("--data", default=default, help="data set: digits (embedded default), cifar10, cifar100, imagefolder")
+    p.add_argument("--data-dir", help="data folder (torchvision CIFAR root or an ImageFolder tree with train/ and test/)")
+    p.add_argument("--val-size", type=int, help="validation images carved from the training set (default: 10%%, at most 5000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoprune", description="Conditional automated channel pruning of CNNs.")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a base model")
+    p.add_argument("--arch", required=True, help="zoo name (see `autoprune models`) or tv:<torchvision name>")
+    _data_args(p)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.15, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint path (.pt); <out>.partial keeps the state to resume")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p = sub.add_parser("criteria", help="list the channel importance criteria")
+    return parser
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> None:
+    from autoprune import models
+
+    print("\n".join(models.list_models()))
+    print("tv:<name>  (any torchvision classification model, random init)")
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> None:
+    from autoprune import models
+    from autoprune.checkpoint import save_model
+    from autoprune.data import load_splits
+    from autoprune.training import TrainConfig, evaluate, fit
+    from autoprune.utils import seed_everything, versions
+
+    out = Path(args.out)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         schedule=args.schedule, label_smoothing=args.label_smoothing, seed=args.seed)
+    splits = load_splits(args.data, args.data_dir, args.val_size)
+    seed_everything(args.seed)
+    model = models.create(args.arch, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    print(f"training {args.arch} on {args.data}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images")
+    result = fit(model, splits, config, resume_path=out.with_name(out.name + ".partial"), progress=not args.no_progress)
+    test_acc = evaluate(model, splits.test)
+    meta = {
+        "kind": "base", "dataset": args.data, "val_size": splits.val_size, "input_shape": list(splits.input_shape),
+        "test_accuracy": test_acc, "val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
+        "seed": args.seed, "config": vars(config), "history": result.history, "versions": versions(),
+    }
+    save_model(out, model, args.arch, splits.num_classes, meta, in_channels=splits.input_shape[0])
+    out.with_name(out.name + ".partial").unlink(missing_ok=True)
+    print(f"test accuracy {test_acc:.2f}%  (best val {result.best_val_accuracy:.2f}%, {result.seconds / 60:.1f} min) -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _threads(args.threads)
+    try:
+        COMMANDS[args.command](args)
+        return 0
+    except AutopruneError as exc:
+        print(f"autoprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- a CLI user gets one line, --debug shows the traceback
+        if args.debug or os.environ.get("AUTOPRUNE_DEBUG"):
+            raise
+        print(f"autoprune: error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

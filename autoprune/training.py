@@ -1,0 +1,208 @@
+"""Training, evaluation, fine-tuning with knowledge distillation, and BN recalibration.
+
+One loop serves base training (``autoprune train``) and recovery fine-tuning (``autoprune prune
+--finetune-epochs`` / ``autoprune finetune``). Distillation uses Hinton et al.'s loss (2015): the KL
+divergence between temperature-softened teacher and student outputs, scaled by T^2.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from autoprune.data import BatchLoader, DataSplits, ImageDataset
+from autoprune.errors import AutopruneError
+from autoprune.utils import atomic_path
+
+SCHEDULES = ("onecycle", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.15  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9  # weight of the distillation term when a teacher is given
+    max_batches_per_epoch: int | None = None  # cap for quick runs (tests, demo)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise AutopruneError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise AutopruneError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise AutopruneError(f"learning rate must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise AutopruneError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise AutopruneError("distill_alpha must be in [0, 1]")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_accuracy: float = 0.0
+    seconds: float = 0.0
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageDataset | Iterable, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    loader = BatchLoader(data, batch_size) if isinstance(data, ImageDataset) else data
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Adaptive BN: re-estimate every BatchNorm's running statistics on a few training batches.
+
+    After channels are removed, the stored statistics no longer describe the activations; without
+    this step a pruned model's accuracy is a poor estimate of what it recovers to (Li et al., EagleEye 2020).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the given batches
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.train()
+    for x in batches:
+        model(x)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+    model.train(was_training)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def fit(
+    model: nn.Module,
+    splits: DataSplits,
+    config: TrainConfig,
+    teacher: nn.Module | None = None,
+    resume_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``model`` in place on ``splits.train``; report validation accuracy after every epoch.
+
+    With ``resume_path`` the full training state is saved there after every epoch and, if the file
+    exists, training continues from it. The weights with the best validation accuracy are kept.
+    """
+    torch.manual_seed(config.seed)
+    model.to(memory_format=torch.channels_last)
+    loader = BatchLoader(splits.train, config.batch_size, shuffle=True, augment=True, drop_last=True,
+                         seed=config.seed, max_batches=config.max_batches_per_epoch)
+    if len(loader) == 0:
+        raise AutopruneError(f"the training split ({len(splits.train)} images) is smaller than one batch of {config.batch_size}")
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0}],
+                                lr=config.lr, momentum=config.momentum, nesterov=True)
+    total_steps = config.epochs * len(loader)
+    if config.schedule == "onecycle":
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15, div_factor=10, final_div_factor=100)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    if teacher is not None:
+        teacher.eval().to(memory_format=torch.channels_last)
+
+    result = TrainResult()
+    best_state = copy.deepcopy(model.state_dict())
+    start_epoch = 0
+    if resume_path is not None and Path(resume_path).exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state.get("config") != asdict(config):
+            raise AutopruneError(f"{resume_path} was written by a run with other settings; delete it or use the same ones")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.generator.set_state(state["loader_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        best_state, start_epoch = state["best_model"], state["epoch"]
+        result.history, result.best_val_accuracy, result.seconds = state["history"], state["best_val_accuracy"], state["seconds"]
+        log(f"resuming from {resume_path} at epoch {start_epoch + 1}/{config.epochs}")
+
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = correct = seen = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False, disable=not progress, mininterval=1)
+        for x, y in bar:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
+                loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        val_acc = evaluate(model, splits.val)
+        seconds = time.perf_counter() - t0
+        result.seconds += seconds
+        row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": 100 * correct / seen,
+               "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+        result.history.append(row)
+        if val_acc >= result.best_val_accuracy:
+            result.best_val_accuracy = val_acc
+            best_state = copy.deepcopy(model.state_dict())
+        log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {row['loss']:.4f}  train {row['train_accuracy']:.2f}%  "
+            f"val {val_acc:.2f}%  lr {row['lr']:.4f}  {seconds:.0f}s")
+        if resume_path is not None:
+            _save_resume(resume_path, config, model, optimizer, scheduler, loader, best_state, epoch + 1, result)
+    model.load_state_dict(best_state)
+    return result
+
+
+def _save_resume(path: str | os.PathLike, config: TrainConfig, model: nn.Module, optimizer: Any, scheduler: Any,
+                 loader: BatchLoader, best_state: dict, epoch: int, result: TrainResult) -> None:
+    state = {
+        "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "best_model": best_state, "epoch": epoch, "history": result.history,
+        "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
