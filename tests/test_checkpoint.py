@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune import AutopruneError, models
+from autoprune.checkpoint import load_model, save_model
+from autoprune.pruning import PruningSpace
+
+
+def test_pruned_model_round_trips_in_a_fresh_process(tmp_path):
+    model = models.create("resnet20").eval()
+    space = PruningSpace(model, torch.randn(1, 3, 32, 32))
+    pruned = space.apply(np.random.default_rng(0).uniform(0.2, 0.9, space.num_groups)).eval()
+    path = tmp_path / "pruned.pt"
+    save_model(path, pruned, "resnet20", 10, {"target": 0.5})
+    x = torch.randn(4, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    expected = pruned(x)
+    code = (
+        "import torch; from autoprune.checkpoint import load_model;"
+        f"m, p = load_model(r'{path}'); x = torch.load(r'{tmp_path / 'x.pt'}');"
+        f"torch.save(m(x).detach(), r'{tmp_path / 'y.pt'}')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected.detach(), rtol=0, atol=0)
+    loaded, payload = load_model(path)
+    assert payload["meta"]["target"] == 0.5
+
+
+def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
+    model = models.create("smallcnn")
+    good = tmp_path / "good.pt"
+    save_model(good, model, "smallcnn", 10)
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    torch.save(model.state_dict(), tmp_path / "foreign.pt")
+    torch.save({"format": "autoprune.model/1", "arch": "smallcnn"}, tmp_path / "partial.pt")
+    for name, message in [("trunc.pt", "not a readable"), ("junk.pt", "not a readable"), ("foreign.pt", "not an autoprune"),
+                          ("partial.pt", "damaged"), ("missing.pt", "does not exist")]:
+        with pytest.raises(AutopruneError, match=message):
+            load_model(tmp_path / name)
+
+
+def test_file_with_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "autoprune.model/1", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(AutopruneError, match="not a readable"):
+        load_model(tmp_path / "evil.pt")

@@ -1,0 +1,188 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoprune import AutopruneError, models
+from autoprune.pruning import PruningSpace, count_flops, count_params, list_criteria
+
+X = torch.randn(2, 3, 32, 32)
+ZOO = models.list_models()
+
+
+@pytest.fixture(scope="module")
+def spaces():
+    torch.manual_seed(0)
+    built = {}
+    for name in ZOO:
+        model = models.create(name).eval()
+        for m in model.modules():  # non-trivial BN statistics, so masking checks mean something
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+                m.weight.data.uniform_(0.5, 1.5)
+        built[name] = (model, PruningSpace(model, X[:1]))
+    return built
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_closed_form_flops_match_flop_counter_dense_and_pruned(spaces, name):
+    model, space = spaces[name]
+    assert space.flops() == count_flops(model, X)
+    rng = np.random.default_rng(1)
+    for strategy in (rng.uniform(0.05, 1, space.num_groups), np.full(space.num_groups, 0.5), np.zeros(space.num_groups)):
+        pruned = space.apply(strategy)
+        assert count_flops(pruned, X) == space.flops(strategy)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_apply_makes_a_smaller_model_and_leaves_the_base_alone(spaces, name):
+    model, space = spaces[name]
+    before = copy.deepcopy(model.state_dict())
+    strategy = np.random.default_rng(2).uniform(0.2, 0.9, space.num_groups)
+    pruned = space.apply(strategy)
+    out = pruned(X)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert count_flops(pruned, X) < count_flops(model, X)
+    assert count_params(pruned) < count_params(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_pruning_equals_zeroing_the_removed_channels(spaces, name):
+    """The pruned model computes exactly what the dense model computes with those channels zeroed."""
+    model, space = spaces[name]
+    strategy = np.random.default_rng(3).uniform(0.3, 0.9, space.num_groups)
+    removed = space.removed_channels(strategy, "l1")
+    modules = dict(model.named_modules())
+    handles = []
+    for (layer, is_out), idxs in removed.items():
+        if is_out and layer in modules:
+            def zero(module, inputs, output, idxs=idxs):
+                output = output.clone()
+                output[:, idxs] = 0
+                return output
+            handles.append(modules[layer].register_forward_hook(zero))
+    try:
+        with torch.no_grad():
+            expected = model(X)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        actual = space.apply(strategy, "l1").eval()(X)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("criterion", list_criteria())
+def test_every_criterion_scores_every_group_and_prunes(spaces, criterion, digits):
+    model, space = spaces["resnet20"]
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    scores = space.importance(criterion, data, refresh=True)
+    assert [len(s) for s in scores] == [g.channels for g in space.groups]
+    assert all(np.isfinite(s).all() for s in scores)
+    if criterion != "random":
+        assert any(s.std() > 0 for s in scores)
+    for strategy in (np.full(space.num_groups, 0.5), np.random.default_rng(4).uniform(0.1, 1, space.num_groups)):
+        pruned = space.apply(strategy, criterion, data)
+        assert pruned(X).shape == (2, 10)
+        assert count_flops(pruned, X) == space.flops(strategy)
+
+
+def test_magnitude_criterion_removes_the_smallest_filters():
+    model = models.create("smallcnn").eval()
+    first = model.features[0][0]
+    with torch.no_grad():
+        first.weight.mul_(0.01)
+        first.weight[3] = 1.0  # the only large filter of the first group
+    space = PruningSpace(model, X[:1])
+    strategy = np.ones(space.num_groups)
+    strategy[0] = 1 / 16  # keep one channel of 16
+    pruned = space.apply(strategy, "l1")
+    kept = pruned.features[0][0].weight
+    assert kept.shape[0] == 1 and torch.allclose(kept[0], first.weight[3])
+
+
+def test_data_dependent_criterion_without_data_is_a_clear_error(spaces):
+    _, space = spaces["smallcnn"]
+    with pytest.raises(AutopruneError, match="needs data"):
+        space.importance("taylor", None, refresh=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4))
+def test_property_random_strategies_on_concat_net(spaces, ratios):
+    model, space = spaces["concatnet"]
+    pruned = space.apply(ratios)
+    assert count_flops(pruned, X) == space.flops(ratios) <= space.flops()
+
+
+def test_groups_are_in_forward_order_and_classifier_is_kept(spaces):
+    model, space = spaces["resnet20"]
+    assert space.num_groups == 12  # 9 inner block convs + 3 residual streams
+    assert space.groups[0].root == "conv1"
+    assert space.output_layer == "fc"
+    assert all("fc" != g.root for g in space.groups)
+    pruned = space.apply(np.zeros(space.num_groups))
+    assert pruned.fc.out_features == 10
+
+
+def test_keep_counts_rounding_and_bounds(spaces):
+    _, space = spaces["smallcnn"]  # groups of 16, 32, 32, 64 channels
+    assert space.keep_counts([0.5, 0.5, 0.5, 0.5]).tolist() == [8, 16, 16, 32]
+    assert space.keep_counts([0.0, 0.01, 1.0, 0.51]).tolist() == [1, 1, 32, 33]
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.77])
+def test_uniform_meets_the_target(spaces, target):
+    _, space = spaces["resnet56"]
+    strategy = space.uniform(target)
+    assert len(set(strategy.tolist())) == 1
+    assert space.flops_ratio(strategy) <= target
+    assert space.flops_ratio(np.minimum(strategy + 0.03, 1)) > target - 0.05
+
+
+def test_bad_strategies_and_targets_are_clear_errors(spaces):
+    _, space = spaces["smallcnn"]
+    with pytest.raises(AutopruneError, match="4 keep ratios"):
+        space.apply([0.5, 0.5])
+    with pytest.raises(AutopruneError, match=r"\[0, 1\]"):
+        space.apply([0.5, 0.5, 1.5, 0.5])
+    for bad in (0, -0.1, 1.5, float("nan")):
+        with pytest.raises(AutopruneError, match="target"):
+            space.uniform(bad)
+    with pytest.raises(AutopruneError, match="smallest FLOPs ratio"):
+        space.uniform(1e-6)
+
+
+def test_model_without_prunable_groups_is_refused():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(AutopruneError, match="no prunable channel group"):
+        PruningSpace(model, torch.randn(1, 3, 2, 2))
+
+
+class GroupedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.b = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.b(self.g(self.a(x))).mean((2, 3)))
+
+
+def test_unsupported_structure_is_excluded_with_a_reason():
+    space = PruningSpace(GroupedNet(), torch.randn(1, 3, 8, 8))
+    assert [g.root for g in space.groups] == ["b"]
+    assert {e.root for e in space.excluded} == {"a", "g"}
+    assert all("grouped convolution" in e.reason for e in space.excluded)
+    assert "excluded" in space.describe()
