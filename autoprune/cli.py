@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -54,9 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path (.pt); <out>.partial keeps the state to resume")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded digits data")
+    p.add_argument("--out", default="out/demo", help="where the demo writes its models")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("models", help="list the model zoo")
     p = sub.add_parser("criteria", help="list the channel importance criteria")
     return parser
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> None:
+    from autoprune.demo import run_demo
+
+    run_demo(args.out, args.seed)
+
+
+@command("criteria")
+def cmd_criteria(args: argparse.Namespace) -> None:
+    from autoprune.pruning import list_criteria
+
+    print("\n".join(list_criteria()))
 
 
 @command("models")

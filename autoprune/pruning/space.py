@@ -92,7 +92,11 @@ class PruningSpace:
         self.output_layer = records[-1].name
         ignored = [modules[n] for n in ignored_layers] + [modules[self.output_layer]]
 
-        self.graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs)
+        try:
+            self.graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs)
+        except Exception as exc:  # noqa: BLE001 -- torch-pruning cannot trace some reshapes (e.g. channel shuffle)
+            raise AutopruneError(f"cannot trace the channel dependencies of this model ({_first_line(exc)}); "
+                                 "structures such as channel shuffle are not supported") from None
         self.excluded: list[ExcludedGroup] = []
         candidates = []
         for tp_group in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
@@ -205,7 +209,7 @@ class PruningSpace:
             pruned = self._prune(self.keep_counts(ratios), [np.arange(c, dtype=np.float64) for c in self.channels])
             actual = count_flops(pruned, self.example_inputs)
         except Exception as exc:  # noqa: BLE001 -- any failure means "not safely prunable"
-            return f"pruning it breaks the forward pass ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+            return f"pruning it breaks the forward pass ({_first_line(exc)})"
         expected = self.flops(ratios)
         if actual != expected:
             return f"FLOPs after pruning ({actual}) differ from the closed form ({expected}): an unsupported layer"
@@ -326,6 +330,11 @@ class PruningSpace:
         for e in self.excluded:
             lines.append(f"  -  {e.root:<32} excluded: {e.reason}")
         return "\n".join(lines)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{exc.__class__.__name__}: {lines[0][:140]}" if lines else exc.__class__.__name__
 
 
 def check_target(target: float) -> float:

@@ -1,0 +1,315 @@
+"""The conditional channel-pruning environment (AMC, He et al. 2018; CACP, Liu et al. 2020)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from gymnasium import spaces
+
+from autoprune.data import DataSplits, load_splits
+from autoprune.envs.proxy import AccuracyProxy
+from autoprune.errors import AutopruneError
+from autoprune.pruning import PruningSpace, check_target
+
+# reward(proxy accuracy in [0, 1], achieved FLOPs (MACs), target, env) -> float
+RewardFn = Callable[[float, int, float, "ChannelPruningEnv"], float]
+
+
+def _reward_accuracy(acc: float, flops: int, target: float, env: ChannelPruningEnv) -> float:
+    return acc
+
+
+def _reward_error_log_flops(acc: float, flops: int, target: float, env: ChannelPruningEnv) -> float:
+    return -(1.0 - acc) * math.log(flops)
+
+
+def _reward_relative(acc: float, flops: int, target: float, env: ChannelPruningEnv) -> float:
+    return acc - env.uniform_baseline(target)
+
+
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": _reward_accuracy,  # AMC's R_acc (the action wall enforces the budget)
+    "error_log_flops": _reward_error_log_flops,  # AMC's R_FLOPs = -error * log(FLOPs)
+    "relative": _reward_relative,  # proxy gain over the uniform strategy at the same target
+}
+
+OBSERVATION_FEATURES = (
+    "group_index", "layer_type", "in_channels", "out_channels", "kernel", "stride", "feature_size",
+    "flops_share", "params_share", "flops_removed", "flops_rest", "previous_action", "target", "budget_slack",
+)
+
+
+class ChannelPruningEnv(gym.Env):
+    """Walk the channel groups of a CNN and choose each group's keep ratio for a target FLOPs ratio.
+
+    ## Description
+    One episode prunes the model once: one step per channel group (coupled channels removed together),
+    in forward order. The target -- the fraction of the dense FLOPs the pruned model may keep -- is part
+    of the observation, so a single policy learns to prune for any target (CACP). At the end the pruned
+    model is scored by the accuracy proxy.
+
+    ## Observation
+    ``Box(0, 1, (14,), float32)``:
+
+    | Num | Feature          | Meaning (normalised to [0, 1])                                             |
+    |-----|------------------|----------------------------------------------------------------------------|
+    | 0   | group_index      | index of the group / (number of groups - 1)                                |
+    | 1   | layer_type       | root layer: 0 conv, 0.5 depthwise conv, 1 linear                           |
+    | 2   | in_channels      | root layer's input channels / largest channel count in the model           |
+    | 3   | out_channels     | group's channels / largest channel count                                   |
+    | 4   | kernel           | root kernel area / largest kernel area                                     |
+    | 5   | stride           | root stride / largest stride                                               |
+    | 6   | feature_size     | root input feature-map side / largest side                                 |
+    | 7   | flops_share      | dense FLOPs of the layers this group changes / dense FLOPs of the model    |
+    | 8   | params_share     | parameters of those layers / parameters of all conv and linear layers      |
+    | 9   | flops_removed    | FLOPs removed by the decisions so far / dense FLOPs                        |
+    | 10  | flops_rest       | FLOPs share of the groups still to come                                    |
+    | 11  | previous_action  | keep ratio chosen for the previous group (1 at the first step)             |
+    | 12  | target           | the target FLOPs ratio                                                     |
+    | 13  | budget_slack     | (budget - FLOPs if this and later groups were at the minimum) / dense FLOPs|
+
+    ## Action
+    ``Box(-1, 1, (1,), float32)``, mapped linearly to a keep ratio in ``[min_keep, 1]`` and rounded to
+    a channel count (``round(ratio * channels)``, at least 1). The *action wall* (AMC) then clamps it
+    so the finished strategy is guaranteed to meet the budget: it is lowered when keeping that many
+    channels would exceed the budget even with every later group at its minimum, and raised when the
+    strategy could no longer reach ``target - tolerance`` even with every later group kept whole.
+
+    Rule: achieved FLOPs ratio <= target, and >= target - tolerance (0.02) whenever one channel of the
+    last group changes the FLOPs by less than the tolerance (true for ResNet/VGG/MobileNet on CIFAR;
+    very small models may land further below the target, never above it).
+
+    ## Reward
+    0 until the last step; then one of ``REWARDS`` (``reward=``):
+
+    - ``"relative"`` (default): proxy accuracy minus the proxy accuracy of the uniform strategy at the
+      same target (rounded to 0.01), so rewards are comparable across targets;
+    - ``"accuracy"``: proxy accuracy (AMC's R_acc);
+    - ``"error_log_flops"``: -(1 - proxy accuracy) * log(FLOPs) (AMC's R_FLOPs).
+
+    ## Starting state
+    The target is ``options["target"]`` if given to ``reset``, else drawn uniformly from
+    ``target_range`` with ``self.np_random``.
+
+    ## Episode end
+    Terminates after the last group. ``info`` then holds ``strategy`` (keep ratios), ``kept_channels``,
+    ``achieved_flops_ratio``, ``proxy_accuracy``, ``target``, ``reward_name`` and ``time``
+    (``prune_s``, ``proxy_forward_s``, ``episode_s``, ``cached``).
+
+    ## Arguments
+    - ``model`` (nn.Module) or ``checkpoint`` (path of an autoprune model file): the base model.
+    - ``splits`` (DataSplits) or ``data`` / ``data_dir`` / ``val_size``: the data (default: the
+      checkpoint's data set, or the embedded digits).
+    - ``criterion``: channel importance criterion (default ``"l1"``), see ``autoprune criteria``.
+    - ``target_range``: (low, high) for sampled targets, default (0.2, 0.9).
+    - ``min_keep``: smallest keep ratio an action maps to (default 0.1).
+    - ``reward``: a key of ``REWARDS``.
+    - ``proxy_images``: validation images the proxy uses (default: all of the split).
+    - ``adaptive_bn``: recalibrate BN statistics before scoring (default True).
+    - ``calib_batches``: training batches for that (default 4).
+    - ``tolerance``: how far below the target the strategy may end (default 0.02).
+    - ``space``: a prebuilt ``PruningSpace`` of the model, to share between environments.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        checkpoint: str | None = None,
+        splits: DataSplits | None = None,
+        data: str | None = None,
+        data_dir: str | None = None,
+        val_size: int | None = None,
+        criterion: str = "l1",
+        target_range: tuple[float, float] = (0.2, 0.9),
+        min_keep: float = 0.1,
+        reward: str = "relative",
+        proxy_images: int | None = None,
+        adaptive_bn: bool = True,
+        calib_batches: int = 4,
+        tolerance: float = 0.02,
+        space: PruningSpace | None = None,
+    ) -> None:
+        super().__init__()
+        meta: dict[str, Any] = {}
+        if (model is None) == (checkpoint is None):
+            raise AutopruneError("give the base model either as `model` or as `checkpoint`, not both or neither")
+        if checkpoint is not None:
+            from autoprune.checkpoint import load_model
+
+            model, payload = load_model(checkpoint)
+            meta = payload.get("meta", {})
+        assert model is not None
+        if splits is None:
+            splits = load_splits(data or meta.get("dataset", "digits"), data_dir, val_size or meta.get("val_size"))
+        low, high = (float(t) for t in target_range)
+        check_target(low), check_target(high)
+        if low > high:
+            raise AutopruneError(f"target_range must be (low, high) with low <= high, got {target_range}")
+        if not 0 < min_keep <= 1:
+            raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
+        if reward not in REWARDS:
+            raise AutopruneError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}")
+        self.model = model.eval()
+        self.splits = splits
+        self.criterion = criterion
+        self.target_range = (low, high)
+        self.min_keep = float(min_keep)
+        self.reward_name = reward
+        self.tolerance = float(tolerance)
+        example = torch.zeros(1, *splits.input_shape)
+        self.space = space if space is not None else PruningSpace(model, example)
+        # Importance is a property of the base model: computed once, not per episode.
+        from autoprune.data import BatchLoader
+
+        self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
+        self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches)
+        min_ratio = self.space.min_flops_ratio(self.min_keep)
+        if min_ratio > low:
+            raise AutopruneError(f"the lowest target {low:g} cannot be met on this model: with every group at "
+                                 f"min_keep={self.min_keep:g} it keeps {min_ratio:.3f} of the FLOPs")
+        self._features = self._static_features()
+        self._min_counts = np.clip(np.floor(self.min_keep * self.space.channels + 0.5), 1, self.space.channels).astype(np.int64)
+        self._baselines: dict[float, float] = {}
+
+        self.observation_space = spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self._step_index = 0
+        self._done = True
+        self.target = high
+
+    # ------------------------------------------------------------------ features
+    def _static_features(self) -> np.ndarray:
+        groups = self.space.groups
+        total_params = sum(r.params for r in self.space.layers) or 1
+        max_ch = max(max(g.channels, g.in_channels) for g in groups)
+        max_k = max(g.kernel for g in groups)
+        max_s = max(g.stride for g in groups)
+        max_f = max(g.feature_size for g in groups)
+        kind = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+        n = len(groups)
+        rows = []
+        for g in groups:
+            rows.append([g.index / max(n - 1, 1), kind[g.kind], g.in_channels / max_ch, g.channels / max_ch,
+                         g.kernel / max_k, g.stride / max_s, g.feature_size / max_f,
+                         g.flops / self.space.dense_flops, g.params / total_params])
+        static = np.clip(np.array(rows, dtype=np.float64), 0, 1)
+        shares = static[:, 7]
+        rest = np.array([shares[i + 1:].sum() for i in range(n)])
+        return np.column_stack([static, np.clip(rest, 0, 1)])
+
+    def _observation(self) -> np.ndarray:
+        t = self._step_index
+        s = self._features[t]
+        dense = self.space.dense_flops
+        decided_full = self._counts.copy()
+        decided_full[t:] = self.space.channels[t:]
+        removed = 1 - self.space.flops_of_counts(decided_full[:, None])[0] / dense
+        lower = self._counts.copy()
+        lower[t:] = self._min_counts[t:]
+        slack = self.target - self.space.flops_of_counts(lower[:, None])[0] / dense
+        previous = 1.0 if t == 0 else self._counts[t - 1] / self.space.channels[t - 1]
+        obs = np.concatenate([s[:9], [removed, s[9], previous, self.target, slack]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "target" in options:
+            target = check_target(options["target"])
+            floor = self.space.min_flops_ratio(self.min_keep)
+            if target < floor:
+                raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio reachable with "
+                                     f"min_keep={self.min_keep:g} ({floor:.3f})")
+        else:
+            target = float(self.np_random.uniform(*self.target_range))
+        self.target = target
+        self._counts = self.space.channels.copy()  # undecided groups count as whole
+        self._step_index = 0
+        self._done = False
+        self._episode_start = time.perf_counter()
+        return self._observation(), {"target": target}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._done:
+            raise gym.error.ResetNeeded("the episode has ended: call reset() before step()")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (1,) or not np.isfinite(a[0]) or abs(a[0]) > 1 + 1e-6:
+            raise AutopruneError(f"action must be one number in [-1, 1], got {action!r}")
+        t = self._step_index
+        ratio = self.min_keep + (float(a[0]) + 1) / 2 * (1 - self.min_keep)
+        wanted = int(np.clip(np.floor(ratio * self.space.channels[t] + 0.5), self._min_counts[t], self.space.channels[t]))
+        self._counts[t] = self._action_wall(t, wanted)
+        self._step_index += 1
+        if self._step_index < self.space.num_groups:
+            return self._observation(), 0.0, False, False, {}
+        return self._finish()
+
+    def _action_wall(self, t: int, wanted: int) -> int:
+        """Clamp group ``t``'s channel count so the finished strategy can still meet the budget."""
+        channels = self.space.channels
+        candidates = np.arange(self._min_counts[t], channels[t] + 1)
+        dense = self.space.dense_flops
+        low_rest = np.tile(self._counts, (len(candidates), 1)).T
+        low_rest[t] = candidates
+        high_rest = low_rest.copy()
+        low_rest[t + 1:] = self._min_counts[t + 1:, None]
+        high_rest[t + 1:] = channels[t + 1:, None]
+        lowest = self.space.flops_of_counts(low_rest) / dense  # later groups at their minimum
+        highest = self.space.flops_of_counts(high_rest) / dense  # later groups whole
+        feasible = candidates[lowest <= self.target + 1e-12]
+        hi = int(feasible.max()) if len(feasible) else int(candidates[0])
+        reach = candidates[highest >= self.target - self.tolerance]
+        lo = int(reach.min()) if len(reach) else hi
+        return int(np.clip(wanted, min(lo, hi), hi))
+
+    def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._done = True
+        strategy = self._counts / self.space.channels
+        t0 = time.perf_counter()
+        timing = {"prune_s": 0.0}
+
+        def build() -> nn.Module:
+            model = self.space.apply(strategy, self.criterion)
+            timing["prune_s"] = time.perf_counter() - t0
+            return model
+
+        result = self.proxy(tuple(self._counts.tolist()), build)
+        flops = int(self.space.flops_of_counts(self._counts[:, None])[0])
+        reward = float(REWARDS[self.reward_name](result.accuracy, flops, self.target, self))
+        info = {
+            "target": self.target,
+            "strategy": strategy.tolist(),
+            "kept_channels": self._counts.tolist(),
+            "achieved_flops_ratio": flops / self.space.dense_flops,
+            "proxy_accuracy": result.accuracy,
+            "reward_name": self.reward_name,
+            "time": {"prune_s": timing["prune_s"], "proxy_forward_s": result.forward_seconds,
+                     "episode_s": time.perf_counter() - self._episode_start, "cached": result.cached},
+        }
+        obs = np.zeros(self.observation_space.shape, np.float32)
+        obs[12] = self.target
+        return obs, reward, True, False, info
+
+    # ------------------------------------------------------------------ helpers
+    def evaluate_strategy(self, strategy: np.ndarray) -> float:
+        """Proxy accuracy of a strategy (keep ratios), through the same cache as episodes."""
+        counts = self.space.keep_counts(strategy)
+        return self.proxy(tuple(counts.tolist()), lambda: self.space.apply(counts / self.space.channels, self.criterion)).accuracy
+
+    def uniform_baseline(self, target: float) -> float:
+        """Proxy accuracy of the uniform strategy at ``target`` rounded to 0.01 (cached)."""
+        key = round(target, 2)
+        if key not in self._baselines:
+            floor = self.space.min_flops_ratio(self.min_keep)
+            self._baselines[key] = self.evaluate_strategy(self.space.uniform(max(key, floor), self.min_keep))
+        return self._baselines[key]

@@ -1,0 +1,73 @@
+"""The accuracy proxy: accuracy of a pruned model on the held-out validation split of the training set,
+after adaptive BN (BN statistics re-estimated on a few fixed training batches)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from autoprune.data import BatchLoader, DataSplits
+from autoprune.errors import AutopruneError
+from autoprune.training import recalibrate_bn
+
+MIN_PROXY_IMAGES = 20
+
+
+@dataclass
+class ProxyResult:
+    accuracy: float  # in [0, 1]
+    forward_seconds: float  # BN recalibration + evaluation forward passes
+    cached: bool
+
+
+class AccuracyProxy:
+    """Scores pruned models; results are cached by the strategy's kept-channel counts."""
+
+    def __init__(self, splits: DataSplits, num_images: int | None = None, adaptive_bn: bool = True,
+                 calib_batches: int = 4, batch_size: int = 256, cache_size: int = 20000) -> None:
+        n_val = len(splits.val)
+        num_images = n_val if num_images is None else num_images
+        if num_images > n_val:
+            raise AutopruneError(f"proxy_images={num_images} but the validation split holds only {n_val} images; "
+                                 "use a larger --val-size or fewer proxy images")
+        if num_images < MIN_PROXY_IMAGES:
+            raise AutopruneError(f"the validation split for the proxy is too small ({num_images} images); "
+                                 f"use at least {MIN_PROXY_IMAGES}")
+        val = splits.val.subset(torch.arange(num_images))
+        self.num_images = num_images
+        # Fixed batches: the same images score every strategy, so differences come from the strategy.
+        self.val_batches = list(BatchLoader(val, batch_size))
+        calib = BatchLoader(splits.train, min(batch_size, len(splits.train)), shuffle=True, seed=0, max_batches=calib_batches)
+        self.calib_batches = [x for x, _ in calib] if adaptive_bn else []
+        self.adaptive_bn = adaptive_bn
+        self.cache: OrderedDict[tuple[int, ...], float] = OrderedDict()
+        self.cache_size = cache_size
+
+    def __call__(self, key: tuple[int, ...], build: "callable[[], nn.Module]") -> ProxyResult:  # type: ignore[valid-type]
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return ProxyResult(self.cache[key], 0.0, True)
+        model = build()
+        t0 = time.perf_counter()
+        accuracy = self.score(model)
+        seconds = time.perf_counter() - t0
+        self.cache[key] = accuracy
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return ProxyResult(accuracy, seconds, False)
+
+    @torch.inference_mode(False)
+    def score(self, model: nn.Module) -> float:
+        model = model.to(memory_format=torch.channels_last)
+        if self.adaptive_bn:
+            recalibrate_bn(model, self.calib_batches)
+        model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for x, y in self.val_batches:
+                correct += (model(x).argmax(1) == y).sum().item()
+        return correct / self.num_images
