@@ -1,0 +1,126 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from autoprune import AutopruneError
+from autoprune.envs import ENV_ID, REWARDS, ChannelPruningEnv
+
+
+@pytest.fixture(scope="module")
+def env(trained_small, digits):
+    model, _ = trained_small
+    return ChannelPruningEnv(model=model, splits=digits)
+
+
+def run_episode(env, seed=None, target=None, policy=None):
+    options = None if target is None else {"target": target}
+    obs, info = env.reset(seed=seed, options=options)
+    observations, done, reward = [obs], False, 0.0
+    while not done:
+        action = env.action_space.sample() if policy is None else policy(obs)
+        obs, reward, done, truncated, info = env.step(action)
+        observations.append(obs)
+        assert not truncated
+    return observations, reward, info
+
+
+def test_gymnasium_and_sb3_checkers_pass(env):
+    check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_registered_and_made_from_a_checkpoint(trained_small):
+    _, path = trained_small
+    env = gym.make(ENV_ID, checkpoint=str(path), target_range=(0.3, 0.8))
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs) and 0.3 <= info["target"] <= 0.8
+
+
+def test_same_seed_gives_identical_episodes(env):
+    env.action_space.seed(7)
+    first = run_episode(env, seed=123)
+    env.action_space.seed(7)
+    second = run_episode(env, seed=123)
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0]))
+    assert first[1] == second[1]
+    assert first[2]["strategy"] == second[2]["strategy"]
+
+
+def test_random_episodes_always_meet_the_budget(env):
+    env.action_space.seed(0)
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        target = float(rng.uniform(0.2, 0.9))
+        _, _, info = run_episode(env, seed=i, target=target)
+        assert target - 0.02 <= info["achieved_flops_ratio"] <= target + 1e-12, (target, info)
+        assert info["achieved_flops_ratio"] == pytest.approx(env.space.flops_ratio(np.array(info["strategy"])))
+
+
+@pytest.mark.parametrize("action", [-1.0, 1.0])
+def test_action_wall_holds_for_extreme_policies(env, action):
+    for target in (0.2, 0.45, 0.9):
+        _, _, info = run_episode(env, target=target, policy=lambda obs: np.array([action], np.float32))
+        assert target - 0.02 <= info["achieved_flops_ratio"] <= target
+
+
+def test_targets_are_drawn_from_a_continuous_range(env):
+    targets = {env.reset(seed=s)[1]["target"] for s in range(30)}
+    assert len(targets) == 30 and min(targets) >= 0.2 and max(targets) <= 0.9
+
+
+def test_observation_carries_target_and_slack(env):
+    obs, _ = env.reset(options={"target": 0.37})
+    assert obs[12] == pytest.approx(0.37)
+    assert 0 < obs[13] <= 0.37
+    assert obs[0] == 0 and obs[11] == 1.0
+
+
+def test_info_at_episode_end(env):
+    _, reward, info = run_episode(env, target=0.5)
+    for key in ("strategy", "kept_channels", "achieved_flops_ratio", "proxy_accuracy", "target", "time"):
+        assert key in info
+    assert 0 <= info["proxy_accuracy"] <= 1
+    assert len(info["strategy"]) == env.space.num_groups
+    # a repeated strategy is served from the cache
+    _, reward2, info2 = run_episode(env, target=0.5, policy=lambda obs, s=iter(info["strategy"]): np.array(
+        [2 * (next(s) - env.min_keep) / (1 - env.min_keep) - 1], np.float32))
+    assert info2["kept_channels"] == info["kept_channels"] and info2["time"]["cached"] and reward2 == reward
+
+
+@pytest.mark.parametrize("reward", sorted(REWARDS))
+def test_every_reward_variant(trained_small, digits, env, reward):
+    model, _ = trained_small
+    env2 = ChannelPruningEnv(model=model, splits=digits, reward=reward, space=env.space)
+    _, value, info = run_episode(env2, target=0.5)
+    assert np.isfinite(value) and info["reward_name"] == reward
+    if reward == "accuracy":
+        assert value == info["proxy_accuracy"]
+
+
+def test_adaptive_bn_changes_the_proxy(trained_small, digits, env):
+    model, _ = trained_small
+    plain = ChannelPruningEnv(model=model, splits=digits, adaptive_bn=False, space=env.space)
+    strategy = env.space.uniform(0.3)
+    assert env.evaluate_strategy(strategy) != plain.evaluate_strategy(strategy)
+
+
+def test_bad_inputs_are_clear_errors(trained_small, digits, env):
+    model, _ = trained_small
+    with pytest.raises(AutopruneError, match="target"):
+        env.reset(options={"target": 1.5})
+    with pytest.raises(AutopruneError, match="target"):
+        env.reset(options={"target": 0.0})
+    env.reset(options={"target": 0.5})
+    with pytest.raises(AutopruneError, match="action"):
+        env.step(np.array([3.0], np.float32))
+    with pytest.raises(AutopruneError, match="too small"):
+        ChannelPruningEnv(model=model, splits=digits, proxy_images=5, space=env.space)
+    with pytest.raises(AutopruneError, match="unknown reward"):
+        ChannelPruningEnv(model=model, splits=digits, reward="nope", space=env.space)
+    with pytest.raises(AutopruneError, match="either"):
+        ChannelPruningEnv(splits=digits)
+    run_episode(env, target=0.5)
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(1, np.float32))
