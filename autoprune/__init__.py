@@ -1,7 +1,33 @@
 """autoprune: conditional automated channel pruning of CNNs."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
 
 from autoprune.errors import AutopruneError  # noqa: E402
 
-__all__ = ["AutopruneError", "__version__"]
+_LAZY = {
+    "PruningSpace": "autoprune.pruning",
+    "count_flops": "autoprune.pruning",
+    "count_params": "autoprune.pruning",
+    "models": "autoprune.models",
+    "data": "autoprune.data",
+    "envs": "autoprune.envs",
+    "save_model": "autoprune.checkpoint",
+    "load_model": "autoprune.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:  # imported on first use, so `import autoprune` stays light
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return module if module.__name__.endswith(name) else getattr(module, name)
+    raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
+
+
+__all__ = ["AutopruneError", "PruningSpace", "__version__", "count_flops", "count_params", "load_model", "models",
+           "save_model"]

@@ -30,7 +30,7 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 0) -> list[dict]:
                "val_size": splits.val_size, "input_shape": list(splits.input_shape), "test_accuracy": base_acc, "seed": seed})
     example = torch.zeros(1, *splits.input_shape)
     space = PruningSpace(model, example)
-    print(f"[2/2] pruning at three targets (uniform keep ratio, l1 criterion, BN recalibration)")
+    print("[2/2] pruning at three targets (uniform keep ratio, l1 criterion, BN recalibration)")
     rows = [{"target": 1.0, "achieved_flops_ratio": 1.0, "params": count_params(model), "test_accuracy": base_acc}]
     calib = BatchLoader(splits.train, 64, shuffle=True, seed=seed, max_batches=8)
     for target in (0.7, 0.5, 0.3):

@@ -115,13 +115,14 @@ def fit(
     teacher: nn.Module | None = None,
     resume_path: str | os.PathLike | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``splits.train``; report validation accuracy after every epoch.
 
     With ``resume_path`` the full training state is saved there after every epoch and, if the file
     exists, training continues from it. The weights with the best validation accuracy are kept.
     """
+    log = log or (lambda line: print(line, flush=True))
     torch.manual_seed(config.seed)
     model.to(memory_format=torch.channels_last)
     loader = BatchLoader(splits.train, config.batch_size, shuffle=True, augment=True, drop_last=True,

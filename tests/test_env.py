@@ -84,8 +84,12 @@ def test_info_at_episode_end(env):
     assert 0 <= info["proxy_accuracy"] <= 1
     assert len(info["strategy"]) == env.space.num_groups
     # a repeated strategy is served from the cache
-    _, reward2, info2 = run_episode(env, target=0.5, policy=lambda obs, s=iter(info["strategy"]): np.array(
-        [2 * (next(s) - env.min_keep) / (1 - env.min_keep) - 1], np.float32))
+    ratios = iter(info["strategy"])
+
+    def replay(obs):
+        return np.array([2 * (next(ratios) - env.min_keep) / (1 - env.min_keep) - 1], np.float32)
+
+    _, reward2, info2 = run_episode(env, target=0.5, policy=replay)
     assert info2["kept_channels"] == info["kept_channels"] and info2["time"]["cached"] and reward2 == reward
 
 

@@ -101,7 +101,8 @@ class ChannelPruningEnv(gym.Env):
     ## Episode end
     Terminates after the last group. ``info`` then holds ``strategy`` (keep ratios), ``kept_channels``,
     ``achieved_flops_ratio``, ``proxy_accuracy``, ``target``, ``reward_name`` and ``time``
-    (``prune_s``, ``proxy_forward_s``, ``episode_s``, ``cached``).
+    (``prune_s``; ``proxy_forward_s``, all forward passes of the proxy in this episode, including the
+    uniform baseline of the ``relative`` reward; ``episode_s``; ``cached``).
 
     ## Arguments
     - ``model`` (nn.Module) or ``checkpoint`` (path of an autoprune model file): the base model.
@@ -237,6 +238,7 @@ class ChannelPruningEnv(gym.Env):
         self._step_index = 0
         self._done = False
         self._episode_start = time.perf_counter()
+        self._forward_start = self.proxy.forward_seconds_total
         return self._observation(), {"target": target}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -293,7 +295,7 @@ class ChannelPruningEnv(gym.Env):
             "achieved_flops_ratio": flops / self.space.dense_flops,
             "proxy_accuracy": result.accuracy,
             "reward_name": self.reward_name,
-            "time": {"prune_s": timing["prune_s"], "proxy_forward_s": result.forward_seconds,
+            "time": {"prune_s": timing["prune_s"], "proxy_forward_s": self.proxy.forward_seconds_total - self._forward_start,
                      "episode_s": time.perf_counter() - self._episode_start, "cached": result.cached},
         }
         obs = np.zeros(self.observation_space.shape, np.float32)

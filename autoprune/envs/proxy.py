@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,9 @@ class AccuracyProxy:
         self.adaptive_bn = adaptive_bn
         self.cache: OrderedDict[tuple[int, ...], float] = OrderedDict()
         self.cache_size = cache_size
+        self.forward_seconds_total = 0.0  # all forward passes so far (episodes and baselines)
 
-    def __call__(self, key: tuple[int, ...], build: "callable[[], nn.Module]") -> ProxyResult:  # type: ignore[valid-type]
+    def __call__(self, key: tuple[int, ...], build: Callable[[], nn.Module]) -> ProxyResult:
         if key in self.cache:
             self.cache.move_to_end(key)
             return ProxyResult(self.cache[key], 0.0, True)
@@ -55,6 +57,7 @@ class AccuracyProxy:
         t0 = time.perf_counter()
         accuracy = self.score(model)
         seconds = time.perf_counter() - t0
+        self.forward_seconds_total += seconds
         self.cache[key] = accuracy
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
