@@ -6,6 +6,7 @@ saved channel counts (so pruned models load the same way as dense ones) and load
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def save_model(path: str | os.PathLike, model: nn.Module, arch: str, num_classes
         "in_channels": int(in_channels),
         "layers": layer_shapes(model),
         "state_dict": state,
-        "meta": meta or {},
+        # a JSON round trip keeps only plain types, which ``weights_only`` loading accepts
+        "meta": json.loads(json.dumps(meta or {}, default=str)),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="where the demo writes its models")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("info", help="per-layer channels, FLOPs and parameters of a model file, against its dense architecture")
+    p.add_argument("model", help="an autoprune model file (.pt)")
+
     p = sub.add_parser("models", help="list the model zoo")
     p = sub.add_parser("criteria", help="list the channel importance criteria")
     return parser
@@ -74,6 +77,36 @@ def cmd_criteria(args: argparse.Namespace) -> None:
     from autoprune.pruning import list_criteria
 
     print("\n".join(list_criteria()))
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> None:
+    import torch
+
+    from autoprune import models
+    from autoprune.checkpoint import load_model
+    from autoprune.pruning import count_flops, count_params
+
+    model, payload = load_model(args.model)
+    meta = payload["meta"]
+    dense = models.create(payload["arch"], num_classes=payload["num_classes"], in_channels=payload.get("in_channels", 3))
+    x = torch.zeros(1, *meta.get("input_shape", [payload.get("in_channels", 3), 32, 32]))
+    flops, dense_flops = count_flops(model, x), count_flops(dense, x)
+    params, dense_params = count_params(model), count_params(dense)
+    print(f"{args.model}: {payload['arch']} ({meta.get('kind', 'model')}), {payload['num_classes']} classes, input {tuple(x.shape[1:])}")
+    dense_layers = {n: m for n, m in dense.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    print(f"{'layer':<36} {'in':>6} {'out':>6} {'dense out':>9}")
+    for name, m in model.named_modules():
+        if name in dense_layers:
+            cin = getattr(m, "in_channels", getattr(m, "in_features", 0))
+            cout = getattr(m, "out_channels", getattr(m, "out_features", 0))
+            d = dense_layers[name]
+            print(f"{name:<36} {cin:>6} {cout:>6} {getattr(d, 'out_channels', getattr(d, 'out_features', 0)):>9}")
+    print(f"FLOPs (MACs/image): {flops:,} of {dense_flops:,} ({flops / dense_flops:.3f})")
+    print(f"parameters:        {params:,} of {dense_params:,} ({params / dense_params:.3f})")
+    for key in ("dataset", "test_accuracy", "target", "achieved_flops_ratio"):
+        if key in meta:
+            print(f"{key}: {meta[key]}")
 
 
 @command("models")

@@ -56,7 +56,7 @@ def versions() -> dict[str, str]:
 
     return {
         "autoprune": autoprune.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would not load with weights_only
         "torch_pruning": torch_pruning.__version__,
         "gymnasium": gymnasium.__version__,
         "stable_baselines3": stable_baselines3.__version__,

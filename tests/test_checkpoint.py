@@ -53,3 +53,10 @@ def test_file_with_code_is_refused(tmp_path):
     torch.save({"format": "autoprune.model/1", "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(AutopruneError, match="not a readable"):
         load_model(tmp_path / "evil.pt")
+
+
+def test_metadata_with_odd_types_still_loads_safely(tmp_path):
+    model = models.create("smallcnn")
+    save_model(tmp_path / "m.pt", model, "smallcnn", 10, {"torch": torch.__version__, "acc": np.float64(0.5), "shape": (3, 32, 32)})
+    _, payload = load_model(tmp_path / "m.pt")
+    assert payload["meta"] == {"torch": str(torch.__version__), "acc": 0.5, "shape": [3, 32, 32]}
