@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from autoprune.cli_common import COMMANDS, command, data_args
 from autoprune.errors import AutopruneError
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
-
-
-def command(name: str) -> Callable:
-    def decorator(fn: Callable) -> Callable:
-        COMMANDS[name] = fn
-        return fn
-
-    return decorator
+# Modules that add sub-commands: each has ``add_parsers(subparsers)`` and registers handlers with ``@command``.
+PLUGINS = ("autoprune.agents.cli", "autoprune.deploy.cli")
 
 
 def _threads(n: int | None) -> None:
@@ -26,12 +20,6 @@ def _threads(n: int | None) -> None:
 
     if n:
         torch.set_num_threads(n)
-
-
-def _data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
-    p.add_argument("--data", default=default, help="data set: digits (embedded default), cifar10, cifar100, imagefolder")
-    p.add_argument("--data-dir", help="data folder (torchvision CIFAR root or an ImageFolder tree with train/ and test/)")
-    p.add_argument("--val-size", type=int, help="validation images carved from the training set (default: 10%%, at most 5000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a base model")
     p.add_argument("--arch", required=True, help="zoo name (see `autoprune models`) or tv:<torchvision name>")
-    _data_args(p)
+    data_args(p)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.15, help="peak learning rate")
@@ -62,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model zoo")
     p = sub.add_parser("criteria", help="list the channel importance criteria")
+    for plugin in PLUGINS:
+        importlib.import_module(plugin).add_parsers(sub)
     return parser
 
 
