@@ -14,6 +14,7 @@ import torch.nn as nn
 from gymnasium import spaces
 
 from autoprune.data import DataSplits, load_splits
+from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode
 from autoprune.envs.proxy import AccuracyProxy
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
@@ -40,10 +41,6 @@ REWARDS: dict[str, RewardFn] = {
     "relative": _reward_relative,  # proxy gain over the uniform strategy at the same target
 }
 
-OBSERVATION_FEATURES = (
-    "group_index", "layer_type", "in_channels", "out_channels", "kernel", "stride", "feature_size",
-    "flops_share", "params_share", "flops_removed", "flops_rest", "previous_action", "target", "budget_slack",
-)
 
 
 class ChannelPruningEnv(gym.Env):
@@ -155,17 +152,13 @@ class ChannelPruningEnv(gym.Env):
         check_target(low), check_target(high)
         if low > high:
             raise AutopruneError(f"target_range must be (low, high) with low <= high, got {target_range}")
-        if not 0 < min_keep <= 1:
-            raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
         if reward not in REWARDS:
             raise AutopruneError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}")
         self.model = model.eval()
         self.splits = splits
         self.criterion = criterion
         self.target_range = (low, high)
-        self.min_keep = float(min_keep)
         self.reward_name = reward
-        self.tolerance = float(tolerance)
         example = torch.zeros(1, *splits.input_shape)
         self.space = space if space is not None else PruningSpace(model, example)
         # Importance is a property of the base model: computed once, not per episode.
@@ -173,73 +166,34 @@ class ChannelPruningEnv(gym.Env):
 
         self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
         self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches)
-        min_ratio = self.space.min_flops_ratio(self.min_keep)
-        if min_ratio > low:
+        self.episode = StrategyEpisode(self.space, min_keep, tolerance)
+        if self.episode.floor > low:
             raise AutopruneError(f"the lowest target {low:g} cannot be met on this model: with every group at "
-                                 f"min_keep={self.min_keep:g} it keeps {min_ratio:.3f} of the FLOPs")
-        self._features = self._static_features()
-        self._min_counts = np.clip(np.floor(self.min_keep * self.space.channels + 0.5), 1, self.space.channels).astype(np.int64)
+                                 f"min_keep={min_keep:g} it keeps {self.episode.floor:.3f} of the FLOPs")
         self._baselines: dict[float, float] = {}
 
         self.observation_space = spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-        self._step_index = 0
         self._done = True
-        self.target = high
-
-    # ------------------------------------------------------------------ features
-    def _static_features(self) -> np.ndarray:
-        groups = self.space.groups
-        total_params = sum(r.params for r in self.space.layers) or 1
-        max_ch = max(max(g.channels, g.in_channels) for g in groups)
-        max_k = max(g.kernel for g in groups)
-        max_s = max(g.stride for g in groups)
-        max_f = max(g.feature_size for g in groups)
-        kind = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
-        n = len(groups)
-        rows = []
-        for g in groups:
-            rows.append([g.index / max(n - 1, 1), kind[g.kind], g.in_channels / max_ch, g.channels / max_ch,
-                         g.kernel / max_k, g.stride / max_s, g.feature_size / max_f,
-                         g.flops / self.space.dense_flops, g.params / total_params])
-        static = np.clip(np.array(rows, dtype=np.float64), 0, 1)
-        shares = static[:, 7]
-        rest = np.array([shares[i + 1:].sum() for i in range(n)])
-        return np.column_stack([static, np.clip(rest, 0, 1)])
-
-    def _observation(self) -> np.ndarray:
-        t = self._step_index
-        s = self._features[t]
-        dense = self.space.dense_flops
-        decided_full = self._counts.copy()
-        decided_full[t:] = self.space.channels[t:]
-        removed = 1 - self.space.flops_of_counts(decided_full[:, None])[0] / dense
-        lower = self._counts.copy()
-        lower[t:] = self._min_counts[t:]
-        slack = self.target - self.space.flops_of_counts(lower[:, None])[0] / dense
-        previous = 1.0 if t == 0 else self._counts[t - 1] / self.space.channels[t - 1]
-        obs = np.concatenate([s[:9], [removed, s[9], previous, self.target, slack]])
-        return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ gym API
+    @property
+    def min_keep(self) -> float:
+        return self.episode.min_keep
+
+    @property
+    def target(self) -> float:
+        return self.episode.target
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         options = options or {}
-        if "target" in options:
-            target = check_target(options["target"])
-            floor = self.space.min_flops_ratio(self.min_keep)
-            if target < floor:
-                raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio reachable with "
-                                     f"min_keep={self.min_keep:g} ({floor:.3f})")
-        else:
-            target = float(self.np_random.uniform(*self.target_range))
-        self.target = target
-        self._counts = self.space.channels.copy()  # undecided groups count as whole
-        self._step_index = 0
+        target = options["target"] if "target" in options else float(self.np_random.uniform(*self.target_range))
+        obs = self.episode.reset(target)
         self._done = False
         self._episode_start = time.perf_counter()
         self._forward_start = self.proxy.forward_seconds_total
-        return self._observation(), {"target": target}
+        return obs, {"target": self.target}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._done:
@@ -247,36 +201,15 @@ class ChannelPruningEnv(gym.Env):
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (1,) or not np.isfinite(a[0]) or abs(a[0]) > 1 + 1e-6:
             raise AutopruneError(f"action must be one number in [-1, 1], got {action!r}")
-        t = self._step_index
-        ratio = self.min_keep + (float(a[0]) + 1) / 2 * (1 - self.min_keep)
-        wanted = int(np.clip(np.floor(ratio * self.space.channels[t] + 0.5), self._min_counts[t], self.space.channels[t]))
-        self._counts[t] = self._action_wall(t, wanted)
-        self._step_index += 1
-        if self._step_index < self.space.num_groups:
-            return self._observation(), 0.0, False, False, {}
+        self.episode.step(a[0])
+        if not self.episode.done:
+            return self.episode.observation(), 0.0, False, False, {}
         return self._finish()
-
-    def _action_wall(self, t: int, wanted: int) -> int:
-        """Clamp group ``t``'s channel count so the finished strategy can still meet the budget."""
-        channels = self.space.channels
-        candidates = np.arange(self._min_counts[t], channels[t] + 1)
-        dense = self.space.dense_flops
-        low_rest = np.tile(self._counts, (len(candidates), 1)).T
-        low_rest[t] = candidates
-        high_rest = low_rest.copy()
-        low_rest[t + 1:] = self._min_counts[t + 1:, None]
-        high_rest[t + 1:] = channels[t + 1:, None]
-        lowest = self.space.flops_of_counts(low_rest) / dense  # later groups at their minimum
-        highest = self.space.flops_of_counts(high_rest) / dense  # later groups whole
-        feasible = candidates[lowest <= self.target + 1e-12]
-        hi = int(feasible.max()) if len(feasible) else int(candidates[0])
-        reach = candidates[highest >= self.target - self.tolerance]
-        lo = int(reach.min()) if len(reach) else hi
-        return int(np.clip(wanted, min(lo, hi), hi))
 
     def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict]:
         self._done = True
-        strategy = self._counts / self.space.channels
+        counts = self.episode.counts.copy()
+        strategy = counts / self.space.channels
         t0 = time.perf_counter()
         timing = {"prune_s": 0.0}
 
@@ -285,13 +218,13 @@ class ChannelPruningEnv(gym.Env):
             timing["prune_s"] = time.perf_counter() - t0
             return model
 
-        result = self.proxy(tuple(self._counts.tolist()), build)
-        flops = int(self.space.flops_of_counts(self._counts[:, None])[0])
+        result = self.proxy(tuple(counts.tolist()), build)
+        flops = int(self.space.flops_of_counts(counts[:, None])[0])
         reward = float(REWARDS[self.reward_name](result.accuracy, flops, self.target, self))
         info = {
             "target": self.target,
             "strategy": strategy.tolist(),
-            "kept_channels": self._counts.tolist(),
+            "kept_channels": counts.tolist(),
             "achieved_flops_ratio": flops / self.space.dense_flops,
             "proxy_accuracy": result.accuracy,
             "reward_name": self.reward_name,

@@ -1,0 +1,134 @@
+"""One pass over the groups of a ``PruningSpace``: observations and the action wall, without data.
+
+The environment adds the accuracy proxy and the reward on top; a trained policy replays episodes
+with this class alone to produce strategies, so querying a policy needs no data set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autoprune.errors import AutopruneError
+from autoprune.pruning import PruningSpace, check_target
+
+OBSERVATION_FEATURES = (
+    "group_index", "layer_type", "in_channels", "out_channels", "kernel", "stride", "feature_size",
+    "flops_share", "params_share", "flops_removed", "flops_rest", "previous_action", "target", "budget_slack",
+)
+LAYER_KIND = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+
+
+class StrategyEpisode:
+    """Builds a strategy group by group for a target, clamping every decision by the action wall."""
+
+    def __init__(self, space: PruningSpace, min_keep: float = 0.1, tolerance: float = 0.02) -> None:
+        if not 0 < min_keep <= 1:
+            raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
+        self.space = space
+        self.min_keep = float(min_keep)
+        self.tolerance = float(tolerance)
+        self.min_counts = np.clip(np.floor(min_keep * space.channels + 0.5), 1, space.channels).astype(np.int64)
+        self.floor = space.min_flops_ratio(min_keep)
+        self.features = self._static_features()
+        self.target = 1.0
+        self.index = 0
+        self.counts = space.channels.copy()
+
+    @property
+    def done(self) -> bool:
+        return self.index >= self.space.num_groups
+
+    @property
+    def strategy(self) -> np.ndarray:
+        return self.counts / self.space.channels
+
+    @property
+    def flops_ratio(self) -> float:
+        return float(self.space.flops_of_counts(self.counts[:, None])[0]) / self.space.dense_flops
+
+    def reset(self, target: float) -> np.ndarray:
+        target = check_target(target)
+        if target < self.floor:
+            raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio reachable with "
+                                 f"min_keep={self.min_keep:g} ({self.floor:.3f})")
+        self.target = target
+        self.counts = self.space.channels.copy()  # undecided groups count as whole
+        self.index = 0
+        return self.observation()
+
+    def keep_ratio(self, action: float) -> float:
+        """Map an action in [-1, 1] to a keep ratio in [min_keep, 1]."""
+        return self.min_keep + (float(action) + 1) / 2 * (1 - self.min_keep)
+
+    def action_for(self, keep_ratio: float) -> float:
+        """The action that maps to ``keep_ratio`` (inverse of ``keep_ratio``)."""
+        return float(np.clip(2 * (keep_ratio - self.min_keep) / (1 - self.min_keep) - 1, -1, 1))
+
+    def step(self, action: float) -> int:
+        """Decide the current group from ``action``; returns the channel count kept after the wall."""
+        if self.done:
+            raise AutopruneError("the strategy is complete: call reset() first")
+        t = self.index
+        channels = self.space.channels[t]
+        wanted = int(np.clip(np.floor(self.keep_ratio(action) * channels + 0.5), self.min_counts[t], channels))
+        self.counts[t] = self._action_wall(t, wanted)
+        self.index += 1
+        return int(self.counts[t])
+
+    def run(self, target: float, actions: np.ndarray) -> np.ndarray:
+        """A whole episode from a vector of actions (one per group); returns the strategy."""
+        self.reset(target)
+        for a in np.asarray(actions, dtype=np.float64).reshape(-1)[: self.space.num_groups]:
+            self.step(a)
+        if not self.done:
+            raise AutopruneError(f"need {self.space.num_groups} actions, got {len(np.asarray(actions).reshape(-1))}")
+        return self.strategy
+
+    def _static_features(self) -> np.ndarray:
+        space = self.space
+        groups = space.groups
+        total_params = sum(r.params for r in space.layers) or 1
+        max_ch = max(max(g.channels, g.in_channels) for g in groups)
+        max_k = max(g.kernel for g in groups)
+        max_s = max(g.stride for g in groups)
+        max_f = max(g.feature_size for g in groups)
+        n = len(groups)
+        rows = [[g.index / max(n - 1, 1), LAYER_KIND[g.kind], g.in_channels / max_ch, g.channels / max_ch,
+                 g.kernel / max_k, g.stride / max_s, g.feature_size / max_f,
+                 g.flops / space.dense_flops, g.params / total_params] for g in groups]
+        static = np.clip(np.array(rows, dtype=np.float64), 0, 1)
+        rest = np.array([static[i + 1:, 7].sum() for i in range(n)])
+        return np.column_stack([static, np.clip(rest, 0, 1)])
+
+    def observation(self) -> np.ndarray:
+        """The observation for the current group (see ``ChannelPruningEnv``'s table)."""
+        t = min(self.index, self.space.num_groups - 1)
+        s = self.features[t]
+        dense = self.space.dense_flops
+        decided = self.counts.copy()
+        decided[t:] = self.space.channels[t:]
+        removed = 1 - self.space.flops_of_counts(decided[:, None])[0] / dense
+        lower = self.counts.copy()
+        lower[t:] = self.min_counts[t:]
+        slack = self.target - self.space.flops_of_counts(lower[:, None])[0] / dense
+        previous = 1.0 if t == 0 else self.counts[t - 1] / self.space.channels[t - 1]
+        obs = np.concatenate([s[:9], [removed, s[9], previous, self.target, slack]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    def _action_wall(self, t: int, wanted: int) -> int:
+        """Clamp group ``t``'s channel count so the finished strategy can still meet the budget."""
+        channels = self.space.channels
+        candidates = np.arange(self.min_counts[t], channels[t] + 1)
+        dense = self.space.dense_flops
+        low_rest = np.tile(self.counts, (len(candidates), 1)).T
+        low_rest[t] = candidates
+        high_rest = low_rest.copy()
+        low_rest[t + 1:] = self.min_counts[t + 1:, None]
+        high_rest[t + 1:] = channels[t + 1:, None]
+        lowest = self.space.flops_of_counts(low_rest) / dense  # later groups at their minimum
+        highest = self.space.flops_of_counts(high_rest) / dense  # later groups whole
+        feasible = candidates[lowest <= self.target + 1e-12]
+        hi = int(feasible.max()) if len(feasible) else int(candidates[0])
+        reach = candidates[highest >= self.target - self.tolerance]
+        lo = int(reach.min()) if len(reach) else hi
+        return int(np.clip(wanted, min(lo, hi), hi))
