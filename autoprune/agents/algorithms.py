@@ -1,0 +1,98 @@
+"""The search agents, one builder per stable-baselines3 algorithm (a registry: ``create_agent``).
+
+All use an MLP actor-critic (two hidden layers of 300, AMC's size) on the 14-feature observation.
+Off-policy agents (DDPG, TD3, SAC) credit the final reward to every step of an episode
+(``EpisodeRewardReplayBuffer``) and train once per episode; PPO gets the same credit from
+Monte-Carlo returns (gamma = 1, GAE lambda = 1).
+
+- ``ddpg``: Lillicrap et al. 2016 -- AMC's agent; Gaussian exploration noise decaying per episode.
+- ``td3``: Fujimoto et al. 2018 -- DDPG with twin critics and delayed actor updates.
+- ``sac``: Haarnoja et al. 2018 -- maximum-entropy actor-critic.
+- ``ppo``: Schulman et al. 2017 -- on-policy clipped policy gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3 import DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+
+from autoprune.agents.common import EpisodeRewardReplayBuffer, ExplorationDecay
+from autoprune.registry import Registry
+
+NET_ARCH = [300, 300]
+
+
+@dataclass
+class AgentSettings:
+    """What every agent builder needs besides the environment."""
+
+    steps_per_episode: int
+    warmup_episodes: int = 100
+    gamma: float = 1.0
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    noise_sigma: float = 0.5
+    noise_decay: float = 0.99
+    seed: int = 0
+
+
+Builder = Callable[[gym.Env, AgentSettings, str | None], tuple[BaseAlgorithm, list[BaseCallback]]]
+AGENTS: Registry[Builder] = Registry("agent")
+
+
+def list_agents() -> list[str]:
+    return AGENTS.names()
+
+
+def create_agent(name: str, env: gym.Env, settings: AgentSettings, tensorboard: str | None = None
+                 ) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    """Build agent ``name`` on ``env``; returns the SB3 model and the callbacks its training needs."""
+    return AGENTS.get(name)(env, settings, tensorboard)
+
+
+def _off_policy_kwargs(s: AgentSettings, tensorboard: str | None) -> dict[str, Any]:
+    return dict(
+        learning_rate=s.learning_rate, batch_size=s.batch_size, gamma=s.gamma, buffer_size=200_000,
+        learning_starts=s.warmup_episodes * s.steps_per_episode, train_freq=(1, "episode"), gradient_steps=-1,
+        replay_buffer_class=EpisodeRewardReplayBuffer, policy_kwargs={"net_arch": NET_ARCH},
+        tensorboard_log=tensorboard, seed=s.seed, verbose=0,
+    )
+
+
+@AGENTS.register("ddpg")
+def build_ddpg(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    noise = NormalActionNoise(np.zeros(1), np.full(1, s.noise_sigma))
+    model = DDPG("MlpPolicy", env, action_noise=noise, **_off_policy_kwargs(s, tensorboard))
+    return model, [ExplorationDecay(noise, s.noise_decay)]
+
+
+@AGENTS.register("td3")
+def build_td3(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    noise = NormalActionNoise(np.zeros(1), np.full(1, s.noise_sigma))
+    model = TD3("MlpPolicy", env, action_noise=noise, **_off_policy_kwargs(s, tensorboard))
+    return model, [ExplorationDecay(noise, s.noise_decay)]
+
+
+@AGENTS.register("sac")
+def build_sac(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    return SAC("MlpPolicy", env, **_off_policy_kwargs(s, tensorboard)), []
+
+
+@AGENTS.register("ppo")
+def build_ppo(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+    episodes_per_update = 8
+    model = PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=episodes_per_update * s.steps_per_episode,
+                batch_size=s.steps_per_episode * 2, gamma=1.0, gae_lambda=1.0, n_epochs=10,
+                policy_kwargs={"net_arch": NET_ARCH}, tensorboard_log=tensorboard, seed=s.seed, verbose=0)
+    return model, []
+
+
+ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC, "ppo": PPO}

@@ -1,0 +1,154 @@
+"""Pieces shared by the search agents: AMC's reward credit, exploration decay, the search monitor."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+from tqdm import tqdm
+
+from autoprune.pruning import PruningSpace
+
+BIN_WIDTH = 0.05  # target bins for "best strategy found per target"
+
+
+class EpisodeRewardReplayBuffer(ReplayBuffer):
+    """A replay buffer that credits each episode's final reward to every one of its steps.
+
+    The environment rewards only the last step; AMC (He et al. 2018, Sec. 3.4) assigns that reward
+    to all transitions of the episode, which lets an off-policy critic learn from every step.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.n_envs != 1:
+            raise ValueError("EpisodeRewardReplayBuffer supports one environment")
+        self._episode_positions: list[int] = []
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:  # type: ignore[no-untyped-def, override]
+        position = self.pos
+        super().add(obs, next_obs, action, reward, done, infos)
+        self._episode_positions.append(position)
+        if bool(np.asarray(done).reshape(-1)[0]):
+            final = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
+            for p in self._episode_positions:
+                self.rewards[p, 0] = final
+            self._episode_positions = []
+
+
+class ExplorationDecay(BaseCallback):
+    """After warm-up, multiply the Gaussian action noise's sigma by ``decay`` after every episode (AMC)."""
+
+    def __init__(self, noise: NormalActionNoise, decay: float = 0.99, min_sigma: float = 0.02) -> None:
+        super().__init__()
+        self.noise, self.decay, self.min_sigma = noise, decay, min_sigma
+
+    def _on_step(self) -> bool:
+        if bool(self.locals["dones"][0]) and self.num_timesteps > self.model.learning_starts:
+            self.noise._sigma = np.maximum(self.noise._sigma * self.decay, self.min_sigma)
+        return True
+
+
+def target_bin(target: float) -> str:
+    return f"{math.floor(target / BIN_WIDTH + 1e-9) * BIN_WIDTH:.2f}"
+
+
+class SearchMonitor(BaseCallback):
+    """Logs every episode (CSV, TensorBoard, progress bar), tracks the best strategy per target bin,
+    and saves a resumable checkpoint every ``checkpoint_every`` episodes."""
+
+    def __init__(self, out_dir: Path, episodes: int, checkpoint_every: int, save: Any, state: dict | None = None,
+                 progress: bool = True) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.episodes = episodes
+        self.checkpoint_every = checkpoint_every
+        self.save = save  # save(monitor) writes the checkpoint
+        self.state = state or {"episodes": 0, "seconds": 0.0, "best": {}, "best_reward": None}
+        self.progress = progress
+        self._t0 = time.perf_counter()
+        self._seconds0 = self.state["seconds"]
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.episodes, initial=self.state["episodes"], desc="search", unit="ep",
+                        disable=not self.progress, mininterval=1)
+        self.csv_path = self.out_dir / "progress.csv"
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds0 + time.perf_counter() - self._t0
+
+    def _on_step(self) -> bool:
+        if not bool(self.locals["dones"][0]):
+            return True
+        info = self.locals["infos"][0]
+        reward = float(np.asarray(self.locals["rewards"]).reshape(-1)[0])
+        s = self.state
+        s["episodes"] += 1
+        s["seconds"] = self.seconds
+        row = {"episode": s["episodes"], "target": info["target"], "achieved_flops_ratio": info["achieved_flops_ratio"],
+               "proxy_accuracy": info["proxy_accuracy"], "reward": reward, "seconds": round(s["seconds"], 2),
+               "strategy": " ".join(f"{r:.4f}" for r in info["strategy"])}
+        new_file = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        key = target_bin(info["target"])
+        best = s["best"].get(key)
+        if best is None or info["proxy_accuracy"] > best["proxy_accuracy"]:
+            s["best"][key] = {"target": info["target"], "achieved_flops_ratio": info["achieved_flops_ratio"],
+                              "proxy_accuracy": info["proxy_accuracy"], "strategy": info["strategy"], "episode": s["episodes"]}
+        s["best_reward"] = reward if s["best_reward"] is None else max(s["best_reward"], reward)
+        self.logger.record("search/proxy_accuracy", info["proxy_accuracy"])
+        self.logger.record("search/target", info["target"])
+        self.logger.record("search/reward", reward)
+        self.logger.record("search/achieved_flops_ratio", info["achieved_flops_ratio"])
+        self.logger.dump(s["episodes"])
+        self.bar.update(1)
+        self.bar.set_postfix(target=f"{info['target']:.2f}", proxy=f"{info['proxy_accuracy']:.3f}",
+                             best_reward=f"{s['best_reward']:.3f}")
+        if s["episodes"] % self.checkpoint_every == 0 or s["episodes"] >= self.episodes:
+            self.save(self)
+        return s["episodes"] < self.episodes
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's weights: identifies the base model a policy was trained for."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def group_signature(space: PruningSpace) -> list[list]:
+    return [[g.root, int(g.channels)] for g in space.groups]
+
+
+def write_json(path: Path, payload: dict) -> None:
+    from autoprune.utils import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    from autoprune.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,177 @@
+"""A trained conditional policy: maps (layer state, target) to keep ratios, for any target.
+
+A policy directory holds ``policy.json`` (metadata: base model fingerprint, group list, criterion,
+target range, data set, seed, versions, best strategy found per target bin) and ``policy.pt`` (the
+network weights, loaded with ``weights_only=True``). Resumable search state lives in ``resume/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoprune.agents.algorithms import ALGORITHM_CLASSES, NET_ARCH
+from autoprune.agents.common import fingerprint, group_signature
+from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode
+from autoprune.errors import AutopruneError
+from autoprune.pruning import PruningSpace, check_target
+
+POLICY_FORMAT = "autoprune.policy/1"
+
+
+class _SpacesOnly(gym.Env):
+    """An environment with the right spaces and nothing else: enough to rebuild a policy network."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[no-untyped-def]
+        return np.zeros(len(OBSERVATION_FEATURES), np.float32), {}
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        return np.zeros(len(OBSERVATION_FEATURES), np.float32), 0.0, True, False, {}
+
+
+def build_network(agent: str) -> Any:
+    """An untrained SB3 policy network of the given agent's architecture."""
+    cls = ALGORITHM_CLASSES[agent]
+    kwargs: dict[str, Any] = {"policy_kwargs": {"net_arch": NET_ARCH}, "verbose": 0}
+    if agent != "ppo":
+        kwargs["buffer_size"] = 1
+    else:
+        kwargs["n_steps"] = 2
+        kwargs["batch_size"] = 2
+    return cls("MlpPolicy", _SpacesOnly(), **kwargs).policy
+
+
+class ConditionalPolicy:
+    """A pruning policy conditioned on the target FLOPs ratio.
+
+    ``strategy(target)`` rolls the policy out deterministically over the groups of the base model it
+    was trained for (the action wall guarantees the budget); ``prune(model, target)`` returns the
+    physically pruned model.
+    """
+
+    def __init__(self, network: Any, meta: dict[str, Any], space: PruningSpace | None = None) -> None:
+        self.network = network
+        self.meta = meta
+        self.space: PruningSpace | None = None
+        self._fingerprint: str | None = None
+        if space is not None:
+            self.bind(space)
+
+    @property
+    def target_range(self) -> tuple[float, float]:
+        low, high = self.meta["target_range"]
+        return float(low), float(high)
+
+    def bind(self, space: PruningSpace, model_fingerprint: str | None = None) -> ConditionalPolicy:
+        """Attach the pruning space of the base model; refuses a model the policy was not trained for."""
+        if group_signature(space) != self.meta["groups"]:
+            raise AutopruneError(
+                f"this policy was trained for a {self.meta.get('arch', '?')} with {len(self.meta['groups'])} channel groups; "
+                f"the given model has {space.num_groups} groups of other shapes: train a policy for it with `autoprune search`")
+        fp = model_fingerprint or fingerprint(space.model)
+        if fp != self.meta["base_fingerprint"]:
+            raise AutopruneError(
+                f"this policy was trained for base model {self.meta['base_fingerprint']} but the given model's weights "
+                f"differ ({fp}): use the checkpoint the search used, or search again for this model")
+        self.space = space
+        return self
+
+    def _episode(self) -> StrategyEpisode:
+        if self.space is None:
+            raise AutopruneError("the policy is not bound to its base model: load it with load_policy(dir, checkpoint=...)"
+                                 " or call policy.prune(model, target)")
+        return StrategyEpisode(self.space, self.meta["min_keep"], self.meta["tolerance"])
+
+    def _check_target(self, target: float, allow_extrapolation: bool) -> float:
+        target = check_target(target)
+        low, high = self.target_range
+        if not allow_extrapolation and not low - 1e-9 <= target <= high + 1e-9:
+            raise AutopruneError(f"target {target:g} is outside the range this policy was trained for "
+                                 f"[{low:g}, {high:g}]; pass --allow-extrapolation to use it anyway")
+        return target
+
+    def strategy(self, target: float, allow_extrapolation: bool = False) -> np.ndarray:
+        """Keep ratios for ``target`` from a deterministic rollout."""
+        return self.rollouts(target, 1, allow_extrapolation=allow_extrapolation)[0]
+
+    def rollouts(self, target: float, k: int = 1, noise: float = 0.1, seed: int = 0,
+                 allow_extrapolation: bool = False) -> list[np.ndarray]:
+        """The deterministic strategy, then ``k - 1`` rollouts with Gaussian noise on the actions."""
+        target = self._check_target(target, allow_extrapolation)
+        episode = self._episode()
+        rng = np.random.default_rng(seed)
+        strategies = []
+        for i in range(k):
+            obs = episode.reset(target)
+            while not episode.done:
+                action, _ = self.network.predict(obs, deterministic=True)
+                a = float(np.asarray(action).reshape(-1)[0])
+                if i > 0:
+                    a = float(np.clip(a + rng.normal(0, noise), -1, 1))
+                episode.step(a)
+                obs = episode.observation()
+            strategies.append(episode.strategy.copy())
+        return strategies
+
+    def prune(self, model: nn.Module, target: float, criterion: str | None = None, data: Any = None,
+              allow_extrapolation: bool = False) -> nn.Module:
+        """Prune ``model`` (the policy's base model) for ``target``; returns a new, smaller model."""
+        if self.space is None or self.space.model is not model:
+            example = torch.zeros(1, *self.meta["input_shape"])
+            self.bind(PruningSpace(model, example), fingerprint(model))
+        assert self.space is not None
+        return self.space.apply(self.strategy(target, allow_extrapolation), criterion or self.meta["criterion"], data)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from autoprune.agents.common import torch_save_atomic, write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch_save_atomic({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, directory / "policy.pt")
+        write_json(directory / "policy.json", self.meta)
+
+
+def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+                model: nn.Module | None = None) -> ConditionalPolicy:
+    """Load a policy directory; bind it to ``model`` / ``checkpoint`` (default: the search's checkpoint, if present)."""
+    directory = Path(directory)
+    meta_path, weights_path = directory / "policy.json", directory / "policy.pt"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise AutopruneError(f"{directory} is not a policy directory (policy.json and policy.pt are needed); "
+                             "create one with `autoprune search`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (ValueError, RuntimeError, OSError, EOFError) as exc:
+        raise AutopruneError(f"{directory} holds a damaged policy ({exc.__class__.__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
+        raise AutopruneError(f"{meta_path} is not an autoprune policy (format {POLICY_FORMAT!r} expected)")
+    if meta.get("agent") not in ALGORITHM_CLASSES:
+        raise AutopruneError(f"{meta_path} names an unknown agent {meta.get('agent')!r}")
+    network = build_network(meta["agent"])
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        raise AutopruneError(f"{weights_path} does not match a {meta['agent']} policy: {str(exc).splitlines()[0][:160]}") from None
+    network.set_training_mode(False)
+    policy = ConditionalPolicy(network, meta)
+    if model is None and checkpoint is None and meta.get("checkpoint") and Path(meta["checkpoint"]).is_file():
+        checkpoint = meta["checkpoint"]
+    if checkpoint is not None:
+        from autoprune.checkpoint import load_model
+
+        model = load_model(checkpoint)[0]
+    if model is not None:
+        policy.bind(PruningSpace(model, torch.zeros(1, *meta["input_shape"])), fingerprint(model))
+    return policy
