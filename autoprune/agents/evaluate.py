@@ -1,0 +1,128 @@
+"""``evaluate``: the conditional policy against baselines, per target, under the same fine-tune budget.
+
+For every method x target: achieved FLOPs ratio, parameters, proxy accuracy, test accuracy after BN
+recalibration, test accuracy after the same fine-tune, and the search cost. Writes ``results.json``,
+``results.csv``, ``results.md`` and ``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoprune.agents.baselines import create_searcher
+from autoprune.agents.policy import ConditionalPolicy
+from autoprune.data import BatchLoader
+from autoprune.envs import ChannelPruningEnv
+from autoprune.pruning import count_params
+from autoprune.training import TrainConfig, evaluate, fit, recalibrate_bn
+from autoprune.utils import versions, write_text_atomic
+
+COLUMNS = ("method", "target", "achieved_flops_ratio", "params", "proxy_accuracy", "test_accuracy",
+           "finetuned_test_accuracy", "search_episodes", "search_seconds")
+
+
+def evaluate_methods(
+    env: ChannelPruningEnv,
+    targets: Sequence[float],
+    policy: ConditionalPolicy | None = None,
+    baselines: Sequence[str] = ("uniform",),
+    baseline_episodes: int = 100,
+    finetune_epochs: int = 0,
+    finetune_lr: float = 0.01,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Rows of the comparison table; every method gets the same fine-tune budget."""
+    space, splits = env.space, env.splits
+    rows = []
+    calib = [x for x, _ in BatchLoader(splits.train, 128, shuffle=True, seed=seed, max_batches=8)]
+    methods: list[tuple[str, Callable[[float], tuple[np.ndarray, int, float]]]] = []
+    if policy is not None:
+        if policy.space is None:
+            policy.bind(space)
+        cost = (int(policy.meta.get("episodes", 0)), float(policy.meta.get("search_seconds", 0.0)))
+        methods.append(("policy", lambda t: (policy.strategy(t, allow_extrapolation=True), *cost)))
+    for name in baselines:
+        searcher = create_searcher(name)
+
+        def run(t: float, searcher=searcher) -> tuple[np.ndarray, int, float]:  # type: ignore[no-untyped-def]
+            r = searcher.search(env, t, baseline_episodes, seed)
+            return r.strategy, r.episodes, r.seconds
+
+        methods.append((name, run))
+    for target in targets:
+        for name, find in methods:
+            strategy, episodes, seconds = find(target)
+            pruned = space.apply(strategy, env.criterion)
+            recalibrate_bn(pruned, calib)
+            row = {"method": name, "target": float(target), "achieved_flops_ratio": space.flops_ratio(strategy),
+                   "params": count_params(pruned), "proxy_accuracy": env.evaluate_strategy(strategy),
+                   "test_accuracy": evaluate(pruned, splits.test), "finetuned_test_accuracy": None,
+                   "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist()}
+            if finetune_epochs > 0:
+                config = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, schedule="cosine", seed=seed)
+                fit(pruned, splits, config, progress=False, log=lambda s: None)
+                row["finetuned_test_accuracy"] = evaluate(pruned, splits.test)
+            rows.append(row)
+            log(f"{name:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  proxy {row['proxy_accuracy']:.3f}  "
+                f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {row['finetuned_test_accuracy']:.2f}%" if finetune_epochs else ""))
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = "| method | target | FLOPs ratio | params | proxy | test acc | fine-tuned | search episodes | search s |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        ft = "—" if r["finetuned_test_accuracy"] is None else f"{r['finetuned_test_accuracy']:.2f}"
+        lines.append(f"| {r['method']} | {r['target']:.2f} | {r['achieved_flops_ratio']:.3f} | {r['params']:,} | "
+                     f"{r['proxy_accuracy']:.3f} | {r['test_accuracy']:.2f} | {ft} | {r['search_episodes']} | {r['search_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "finetuned_test_accuracy" if rows and rows[0]["finetuned_test_accuracy"] is not None else "test_accuracy"
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["achieved_flops_ratio"], r[key]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*pts), marker="o", label=method)
+    ax.set_xlabel("FLOPs ratio (pruned / dense)")
+    ax.set_ylabel("test accuracy (%)" + (" after fine-tune" if key.startswith("finetuned") else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    from autoprune.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"config": config, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "strategy"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "strategy": " ".join(map(str, r["strategy"]))})
+    write_text_atomic(out / "results.csv", buf.getvalue())
+    write_text_atomic(out / "results.md", markdown_table(rows) + "\n")
+    pareto_plot(rows, out / "pareto.png")
