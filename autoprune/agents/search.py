@@ -50,6 +50,11 @@ class SearchConfig:
             raise AutopruneError("warmup_episodes must be between 0 and the number of episodes")
 
 
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed search must share with the saved one (it may run longer, or save more often)."""
+    return {k: v for k, v in config.items() if k not in ("episodes", "checkpoint_every")}
+
+
 def search(
     out_dir: str | os.PathLike,
     config: SearchConfig | None = None,
@@ -104,7 +109,7 @@ def search(
     state = None
     if resume and (resume_dir / "agent.zip").exists():
         state = json.loads((resume_dir / "state.json").read_text())
-        if state["meta"]["base_fingerprint"] != meta["base_fingerprint"] or state["meta"]["config"] != meta["config"]:
+        if state["meta"]["base_fingerprint"] != meta["base_fingerprint"] or _settings(state["meta"]["config"]) != _settings(meta["config"]):
             raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume")
         agent = ALGORITHM_CLASSES[config.agent].load(resume_dir / "agent.zip", env=env)
         if isinstance(agent, OffPolicyAlgorithm):

@@ -3,7 +3,134 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from autoprune.cli_common import command, data_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add this package's sub-commands to the ``autoprune`` parser."""
+    p = sub.add_parser("finetune", help="fine-tune a (pruned) model to recover accuracy, optionally distilling from its base")
+    p.add_argument("model", help="an autoprune model file (.pt)")
+    data_args(p, default=None)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--distill", action="store_true", help="add Hinton's distillation loss towards --teacher")
+    p.add_argument("--teacher", help="the unpruned model (.pt) to distil from; needs --distill")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (cosine decay)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="export a model file to ONNX or TorchScript")
+    p.add_argument("model", help="an autoprune model file (.pt)")
+    p.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
+    p.add_argument("--out", required=True, help="output file (.onnx, or .pt for TorchScript)")
+
+    p = sub.add_parser("quantize", help="int8 quantization (ONNX Runtime) with post-training calibration or QAT")
+    p.add_argument("model", help="an autoprune model file (.pt)")
+    p.add_argument("--method", default="ptq", help="ptq (calibration only, default) or qat (short fake-quant fine-tune first)")
+    data_args(p, default=None)
+    p.add_argument("--calib-batches", type=int, default=16, help="training batches that set the activation ranges")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--qat-lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the int8 model (.onnx)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("bench", help="latency and throughput in PyTorch and ONNX Runtime, side by side")
+    p.add_argument("models", nargs="+", help="model files: autoprune .pt, TorchScript, ONNX (fp32 or int8)")
+    p.add_argument("--baseline", help="a model file to compare against (speedup column)")
+    p.add_argument("--batch", default="1,64", help="batch sizes, comma-separated (default 1,64)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model and batch size (median reported)")
+    p.add_argument("--warmup", type=int, default=5)
+    # its own dest: a sub-parser default would otherwise overwrite the global --threads
+    p.add_argument("--threads", dest="bench_threads", type=int, help="CPU threads for both runtimes (default: all cores)")
+    p.add_argument("--runtimes", default="torch,onnxruntime", help="comma-separated subset of torch,onnxruntime")
+
+
+@command("finetune")
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from autoprune.checkpoint import load_model, save_model
+    from autoprune.deploy.finetune import finetune
+    from autoprune.deploy.splits import splits_for_model
+    from autoprune.errors import AutopruneError
+    from autoprune.training import evaluate
+    from autoprune.utils import seed_everything, versions
+
+    if args.distill and not args.teacher:
+        raise AutopruneError("--distill needs --teacher BASE.pt (the model the pruned one came from)")
+    if args.teacher and not args.distill:
+        raise AutopruneError("--teacher is only used with --distill; add --distill or drop --teacher")
+    model, payload = load_model(args.model)
+    teacher = load_model(args.teacher)[0] if args.teacher else None
+    splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
+    seed_everything(args.seed)
+    print(f"fine-tuning {args.model} ({payload['arch']}) on {splits.train.name} for {args.epochs} epochs"
+          + (f", distilling from {args.teacher}" if teacher is not None else ""))
+    result = finetune(model, splits, args.epochs, teacher=teacher, lr=args.lr, batch_size=args.batch_size,
+                      weight_decay=args.weight_decay, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
+                      progress=not args.no_progress)
+    test_acc = evaluate(model, splits.test)
+    meta = dict(payload["meta"])
+    meta.update({"dataset": splits.train.name, "val_size": splits.val_size, "input_shape": list(splits.input_shape),
+                 "test_accuracy": test_acc, "val_accuracy": result.val_after, "versions": versions(),
+                 "finetune": {**result.summary(), "source": str(args.model), "teacher": args.teacher,
+                              "test_accuracy_before": payload["meta"].get("test_accuracy")}})
+    save_model(args.out, model, payload["arch"], payload["num_classes"], meta, in_channels=payload.get("in_channels", 3))
+    kept = "  (no epoch beat the starting weights; kept them)" if result.kept_initial else ""
+    print(f"val {result.val_before:.2f}% -> {result.val_after:.2f}%  test {test_acc:.2f}%{kept} -> {args.out}")
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from autoprune.checkpoint import load_model
+    from autoprune.deploy.export import check_format, export, max_abs_difference
+
+    check_format(args.format)
+    model, payload = load_model(args.model)
+    meta = {**payload["meta"], "arch": payload["arch"], "num_classes": payload["num_classes"], "source": str(args.model)}
+    shape = tuple(meta.get("input_shape", [payload.get("in_channels", 3), 32, 32]))
+    export(model, args.out, args.format, shape, meta)
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(1))
+    diff = max_abs_difference(model, args.out, x)
+    print(f"{args.out}: {args.format}, {Path(args.out).stat().st_size:,} bytes, input (N, {', '.join(map(str, shape))}); "
+          f"max |logit difference| vs PyTorch on 8 random inputs: {diff:.1e}")
+
+
+@command("quantize")
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from autoprune.checkpoint import load_model
+    from autoprune.deploy.quantize import check_method, quantize
+    from autoprune.deploy.splits import splits_for_model
+    from autoprune.utils import seed_everything
+
+    check_method(args.method)
+    model, payload = load_model(args.model)
+    splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
+    seed_everything(args.seed)
+    meta = {**payload["meta"], "arch": payload["arch"], "num_classes": payload["num_classes"], "source": str(args.model)}
+    r = quantize(model, splits, args.out, method=args.method, calib_batches=args.calib_batches, batch_size=args.batch_size,
+                 qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, seed=args.seed, meta=meta, progress=not args.no_progress)
+    print(f"{'':12} {'ONNX size (bytes)':>18} {'test accuracy':>14}")
+    print(f"{'fp32':12} {r.fp32_bytes:>18,} {r.fp32_accuracy:>13.2f}%")
+    print(f"{'int8 ' + r.method:12} {r.int8_bytes:>18,} {r.int8_accuracy:>13.2f}%")
+    print(f"{r.size_ratio:.2f}x smaller, {r.calibration_images} calibration images, {r.seconds:.0f}s -> {args.out}")
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> None:
+    from autoprune.deploy.bench import bench, format_table, parse_batches
+
+    threads = args.bench_threads or args.threads
+    rows = bench(args.models, args.baseline, parse_batches(args.batch), repeats=args.repeats, warmup=args.warmup,
+                 threads=threads, runtimes=[r.strip() for r in args.runtimes.split(",") if r.strip()])
+    print(format_table(rows))
+    print(f"median of {args.repeats} interleaved runs after {args.warmup} warm-up runs; "
+          f"threads: {threads or 'all cores'}")

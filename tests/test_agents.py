@@ -1,0 +1,133 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune import AutopruneError, models
+from autoprune.agents import SearchConfig, list_agents, load_policy, search
+from autoprune.agents.baselines import create_searcher, list_searchers
+from autoprune.agents.evaluate import evaluate_methods, write_report
+from autoprune.cli import main
+from autoprune.envs import ChannelPruningEnv
+
+
+def in_budget(ratio, target):
+    return target - 0.02 <= ratio <= target + 1e-12
+
+
+@pytest.fixture(scope="module")
+def policy_dir(trained_small, tmp_path_factory):
+    _, ckpt = trained_small
+    out = tmp_path_factory.mktemp("policy")
+    search(out, SearchConfig(episodes=12, warmup_episodes=4, checkpoint_every=4), checkpoint=ckpt, progress=False)
+    return out, ckpt
+
+
+@pytest.fixture(scope="module")
+def env(trained_small, digits):
+    model, _ = trained_small
+    return ChannelPruningEnv(model=model, splits=digits)
+
+
+def test_search_saves_a_policy_that_reloads_with_the_same_strategies(policy_dir):
+    out, ckpt = policy_dir
+    meta = json.loads((out / "policy.json").read_text())
+    for key in ("base_fingerprint", "arch", "groups", "criterion", "target_range", "dataset", "seed", "versions",
+                "best_per_target_bin", "episodes"):
+        assert key in meta
+    assert meta["episodes"] == 12 and meta["arch"] == "smallcnn"
+    rows = list(csv.DictReader(open(out / "progress.csv")))
+    assert len(rows) == 12
+    first = load_policy(out, checkpoint=ckpt)
+    second = load_policy(out, checkpoint=ckpt)
+    for t in (0.25, 0.5, 0.77):
+        np.testing.assert_array_equal(first.strategy(t), second.strategy(t))
+
+
+def test_policy_strategies_meet_the_budget_at_random_targets(policy_dir):
+    out, ckpt = policy_dir
+    policy = load_policy(out, checkpoint=ckpt)
+    for t in np.random.default_rng(0).uniform(0.2, 0.9, 5):
+        strategy = policy.strategy(float(t))
+        assert in_budget(policy.space.flops_ratio(strategy), t)
+    model = policy.space.model
+    pruned = policy.prune(model, target=0.45)
+    assert pruned(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_policy_refuses_a_foreign_model_and_targets_out_of_range(policy_dir):
+    out, ckpt = policy_dir
+    policy = load_policy(out, checkpoint=ckpt)
+    with pytest.raises(AutopruneError, match="weights differ"):
+        policy.prune(models.create("smallcnn"), target=0.5)
+    with pytest.raises(AutopruneError, match="channel groups"):
+        policy.prune(models.create("concatnet"), target=0.5)
+    with pytest.raises(AutopruneError, match="outside the range"):
+        policy.strategy(0.95)
+    assert in_budget(policy.space.flops_ratio(policy.strategy(0.95, allow_extrapolation=True)), 0.95)
+
+
+def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
+    _, ckpt = trained_small
+    config = SearchConfig(episodes=6, warmup_episodes=2, checkpoint_every=3)
+    search(tmp_path, config, checkpoint=ckpt, progress=False)
+    with pytest.raises(AutopruneError, match="--resume"):
+        search(tmp_path, config, checkpoint=ckpt, progress=False)
+    with pytest.raises(AutopruneError, match="other base model or settings"):
+        search(tmp_path, SearchConfig(episodes=10, warmup_episodes=2, seed=5), checkpoint=ckpt, progress=False, resume=True)
+    config = SearchConfig(episodes=10, warmup_episodes=2, checkpoint_every=3)  # the same search, run longer
+    policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
+    assert policy.meta["episodes"] == 10
+    assert len(list(csv.DictReader(open(tmp_path / "progress.csv")))) == 10
+
+
+@pytest.mark.parametrize("agent", list_agents())
+def test_every_agent_trains_a_conditional_policy(trained_small, tmp_path, agent):
+    _, ckpt = trained_small
+    policy = search(tmp_path, SearchConfig(agent=agent, episodes=8, warmup_episodes=2), checkpoint=ckpt, progress=False)
+    reloaded = load_policy(tmp_path, checkpoint=ckpt)
+    for t in (0.3, 0.6):
+        np.testing.assert_array_equal(policy.strategy(t), reloaded.strategy(t))
+        assert in_budget(policy.space.flops_ratio(policy.strategy(t)), t)
+
+
+@pytest.mark.parametrize("name", list_searchers())
+def test_every_baseline_meets_the_budget(env, name):
+    for target in (0.3, 0.55):
+        result = create_searcher(name).search(env, target, episodes=6)
+        assert in_budget(env.space.flops_ratio(result.strategy), target), (name, target)
+        assert 0 <= result.proxy_accuracy <= 1 and result.seconds >= 0
+
+
+def test_evaluate_writes_the_report(policy_dir, env, tmp_path):
+    out, ckpt = policy_dir
+    policy = load_policy(out, checkpoint=ckpt)
+    rows = evaluate_methods(env, [0.4, 0.63], policy, ["uniform", "global"], finetune_epochs=1, log=lambda s: None)
+    write_report(rows, tmp_path, {"test": True})
+    data = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(data) == 6
+    for row in data:
+        for key in ("method", "target", "achieved_flops_ratio", "test_accuracy", "finetuned_test_accuracy",
+                    "search_episodes", "search_seconds"):
+            assert key in row
+        assert in_budget(row["achieved_flops_ratio"], row["target"])
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").read_text().count("\n") == 7
+
+
+def test_cli_prune_writes_model_and_summary(policy_dir, tmp_path, capsys):
+    out, ckpt = policy_dir
+    target = tmp_path / "pruned.pt"
+    assert main(["prune", "--policy", str(out), "--checkpoint", str(ckpt), "--target", "0.37", "--best-of", "3",
+                 "--out", str(target)]) == 0
+    summary = json.loads(target.with_suffix(".json").read_text())
+    for key in ("target", "achieved_flops_ratio", "params", "proxy_accuracy", "test_accuracy", "strategy"):
+        assert key in summary
+    assert in_budget(summary["achieved_flops_ratio"], 0.37)
+    assert "channels per group" in capsys.readouterr().out
+    assert main(["info", str(target)]) == 0
+    assert main(["prune", "--policy", str(out), "--checkpoint", str(ckpt), "--target", "0.97", "--out", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
+    assert main(["prune", "--policy", str(tmp_path), "--checkpoint", str(ckpt), "--target", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
