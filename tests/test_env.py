@@ -58,6 +58,14 @@ def test_random_episodes_always_meet_the_budget(env):
         assert info["achieved_flops_ratio"] == pytest.approx(env.space.flops_ratio(np.array(info["strategy"])))
 
 
+def test_offset_actions_are_centred_on_the_uniform_strategy(env):
+    _, _, info = run_episode(env, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
+    uniform = env.space.uniform(0.5, env.min_keep)
+    np.testing.assert_allclose(info["strategy"], env.space.keep_counts(uniform) / env.space.channels)
+    for ratio in (0.1, 0.3, env.episode.uniform_ratio, 0.9, 1.0):
+        assert env.episode.keep_ratio(env.episode.action_for(ratio)) == pytest.approx(ratio)
+
+
 @pytest.mark.parametrize("action", [-1.0, 1.0])
 def test_action_wall_holds_for_extreme_policies(env, action):
     for target in (0.2, 0.45, 0.9):
@@ -87,7 +95,7 @@ def test_info_at_episode_end(env):
     ratios = iter(info["strategy"])
 
     def replay(obs):
-        return np.array([2 * (next(ratios) - env.min_keep) / (1 - env.min_keep) - 1], np.float32)
+        return np.array([env.episode.action_for(next(ratios))], np.float32)
 
     _, reward2, info2 = run_episode(env, target=0.5, policy=replay)
     assert info2["kept_channels"] == info["kept_channels"] and info2["time"]["cached"] and reward2 == reward

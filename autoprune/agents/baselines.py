@@ -128,6 +128,7 @@ class GeneticAlgorithm(ActionSearcher):
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
         n = env.space.num_groups
         pop = rng.uniform(-1, 1, (self.population, n))
+        env.episode.reset(target)
         pop[0] = env.episode.action_for(env.space.uniform(target, env.min_keep)[0])  # seed with uniform
         fitness = np.array([self._score(env, target, g)[0] for g in pop])
         spent = self.population
@@ -183,6 +184,7 @@ class AMC(Searcher):
 
         config = SearchConfig(agent="ddpg", episodes=max(episodes, 2), target_low=target, target_high=target,
                               criterion=env.criterion, reward="accuracy", min_keep=env.min_keep,
+                              action_mode=env.episode.action_mode,
                               proxy_images=env.proxy.num_images, seed=int(rng.integers(1 << 30)),
                               checkpoint_every=max(episodes, 2))
         with tempfile.TemporaryDirectory() as tmp:

@@ -80,8 +80,7 @@ def bench(
 
     ``speedup`` is the baseline's median latency over the model's, on the same device, runtime and
     batch size (None without a baseline, or where the baseline cannot run on that runtime).
-    ``threads`` sets PyTorch's and ONNX Runtime's CPU threads (None: leave PyTorch's setting,
-    ONNX Runtime's default).
+    ``threads`` sets PyTorch's and ONNX Runtime's CPU threads (None: PyTorch's current setting, for both).
     """
     if repeats < 1 or warmup < 0:
         raise AutopruneError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -89,13 +88,17 @@ def bench(
     if unknown:
         raise AutopruneError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
     files = [open_model(p) for p in ([baseline] if baseline is not None else []) + list(models)]
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     rows = []
-    for device in device_list or devices():
-        for runtime in runtimes:
-            for batch in batches:
-                rows += _measure(files, runtime, device, batch, repeats, warmup, threads, baseline is not None)
+    try:
+        for device in device_list or devices():
+            for runtime in runtimes:
+                for batch in batches:
+                    rows += _measure(files, runtime, device, batch, repeats, warmup, threads, baseline is not None)
+    finally:
+        torch.set_num_threads(previous)
     return rows
 
 
@@ -117,9 +120,8 @@ def _measure(files: list[ModelFile], runtime: str, device: str, batch: int, repe
             times[i].append(time.perf_counter() - t0)
     medians = {i: statistics.median(t) for i, t in times.items()}
     base = medians.get(0) if has_baseline else None
-    used_threads = threads or (torch.get_num_threads() if runtime == "torch" else None)
     return [{"model": mf.name, "role": "baseline" if has_baseline and i == 0 else "model", "format": mf.format,
-             "precision": mf.precision, "runtime": runtime, "device": device, "threads": used_threads, "batch": batch,
+             "precision": mf.precision, "runtime": runtime, "device": device, "threads": torch.get_num_threads(), "batch": batch,
              "latency_ms": 1000 * medians[i], "latency_ms_min": 1000 * min(times[i]),
              "throughput": batch / medians[i], "speedup": None if base is None else base / medians[i]}
             for i, mf, _ in runners]

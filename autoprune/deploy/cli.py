@@ -49,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model and batch size (median reported)")
     p.add_argument("--warmup", type=int, default=5)
     # its own dest: a sub-parser default would otherwise overwrite the global --threads
-    p.add_argument("--threads", dest="bench_threads", type=int, help="CPU threads for both runtimes (default: all cores)")
+    p.add_argument("--threads", dest="bench_threads", type=int, help="CPU threads for both runtimes (default: PyTorch's, i.e. all cores)")
     p.add_argument("--runtimes", default="torch,onnxruntime", help="comma-separated subset of torch,onnxruntime")
 
 
@@ -132,5 +132,5 @@ def cmd_bench(args: argparse.Namespace) -> None:
     rows = bench(args.models, args.baseline, parse_batches(args.batch), repeats=args.repeats, warmup=args.warmup,
                  threads=threads, runtimes=[r.strip() for r in args.runtimes.split(",") if r.strip()])
     print(format_table(rows))
-    print(f"median of {args.repeats} interleaved runs after {args.warmup} warm-up runs; "
-          f"threads: {threads or 'all cores'}")
+    print(f"median of {args.repeats} interleaved runs after {args.warmup} warm-up runs, "
+          f"{rows[0]['threads'] if rows else threads} CPU thread(s)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,9 @@ def _open_autoprune(path: Path) -> ModelFile:
 def _open_torchscript(path: Path) -> ModelFile:
     extra = {META_KEY: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # torch.jit.load announces its own deprecation; nothing about this file
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 -- a damaged archive becomes one clear line
         raise AutopruneError(f"{path} is not a readable TorchScript file ({_first_line(exc)}); "
                              "re-create it with `autoprune export --format torchscript`") from None

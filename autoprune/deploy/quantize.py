@@ -132,7 +132,13 @@ def quantize(
 
 def _quantize_static(fp32: bytes, batches: list[np.ndarray]) -> bytes:
     """ONNX Runtime's static quantization of the serialised fp32 graph ``fp32``; returns the int8 graph."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

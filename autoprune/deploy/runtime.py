@@ -26,8 +26,8 @@ def ort_providers(device: str = "cpu") -> list[str] | None:
 def ort_session(model: bytes | str | os.PathLike, threads: int | None = None, device: str = "cpu"):
     """An inference session with all graph optimisations (ONNX Runtime fuses the int8 QDQ pairs into int8 kernels).
 
-    ``threads`` sets the intra-op pool (None: ONNX Runtime's default, one per core); inter-op
-    parallelism is off, as it is in PyTorch's eager CNN inference.
+    ``threads`` sets the intra-op pool; None follows PyTorch's setting (``--threads``, ``OMP_NUM_THREADS``),
+    which ONNX Runtime would otherwise ignore. Inter-op parallelism is off, as in PyTorch's eager inference.
     """
     import onnxruntime as ort
 
@@ -35,8 +35,7 @@ def ort_session(model: bytes | str | os.PathLike, threads: int | None = None, de
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3  # errors only: no per-session warnings in the CLI output
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=ort_providers(device))

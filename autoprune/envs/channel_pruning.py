@@ -73,8 +73,10 @@ class ChannelPruningEnv(gym.Env):
     | 13  | budget_slack     | (budget - FLOPs if this and later groups were at the minimum) / dense FLOPs|
 
     ## Action
-    ``Box(-1, 1, (1,), float32)``, mapped linearly to a keep ratio in ``[min_keep, 1]`` and rounded to
-    a channel count (``round(ratio * channels)``, at least 1). The *action wall* (AMC) then clamps it
+    ``Box(-1, 1, (1,), float32)``, mapped to a keep ratio in ``[min_keep, 1]`` and rounded to a
+    channel count (``round(ratio * channels)``, at least 1). With ``action_mode="offset"`` (default)
+    the map is piecewise linear with 0 at the uniform strategy's keep ratio for the target (-1 ->
+    min_keep, 0 -> uniform, 1 -> 1); with ``"absolute"`` it is linear (-1 -> min_keep, 1 -> 1), as in AMC. The *action wall* (AMC) then clamps it
     so the finished strategy is guaranteed to meet the budget: it is lowered when keeping that many
     channels would exceed the budget even with every later group at its minimum, and raised when the
     strategy could no longer reach ``target - tolerance`` even with every later group kept whole.
@@ -113,6 +115,7 @@ class ChannelPruningEnv(gym.Env):
     - ``adaptive_bn``: recalibrate BN statistics before scoring (default True).
     - ``calib_batches``: training batches for that (default 4).
     - ``tolerance``: how far below the target the strategy may end (default 0.02).
+    - ``action_mode``: ``"offset"`` (default) or ``"absolute"``, see Action.
     - ``space``: a prebuilt ``PruningSpace`` of the model, to share between environments.
     """
 
@@ -134,6 +137,7 @@ class ChannelPruningEnv(gym.Env):
         adaptive_bn: bool = True,
         calib_batches: int = 4,
         tolerance: float = 0.02,
+        action_mode: str = "offset",
         space: PruningSpace | None = None,
     ) -> None:
         super().__init__()
@@ -166,7 +170,7 @@ class ChannelPruningEnv(gym.Env):
 
         self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
         self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches)
-        self.episode = StrategyEpisode(self.space, min_keep, tolerance)
+        self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode)
         if self.episode.floor > low:
             raise AutopruneError(f"the lowest target {low:g} cannot be met on this model: with every group at "
                                  f"min_keep={min_keep:g} it keeps {self.episode.floor:.3f} of the FLOPs")

@@ -16,14 +16,19 @@ OBSERVATION_FEATURES = (
     "flops_share", "params_share", "flops_removed", "flops_rest", "previous_action", "target", "budget_slack",
 )
 LAYER_KIND = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+ACTION_MODES = ("offset", "absolute")
 
 
 class StrategyEpisode:
     """Builds a strategy group by group for a target, clamping every decision by the action wall."""
 
-    def __init__(self, space: PruningSpace, min_keep: float = 0.1, tolerance: float = 0.02) -> None:
+    def __init__(self, space: PruningSpace, min_keep: float = 0.1, tolerance: float = 0.02,
+                 action_mode: str = "offset") -> None:
         if not 0 < min_keep <= 1:
             raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
+        if action_mode not in ACTION_MODES:
+            raise AutopruneError(f"unknown action mode {action_mode!r}; choose one of {', '.join(ACTION_MODES)}")
+        self.action_mode = action_mode
         self.space = space
         self.min_keep = float(min_keep)
         self.tolerance = float(tolerance)
@@ -31,6 +36,7 @@ class StrategyEpisode:
         self.floor = space.min_flops_ratio(min_keep)
         self.features = self._static_features()
         self.target = 1.0
+        self.uniform_ratio = 1.0
         self.index = 0
         self.counts = space.channels.copy()
 
@@ -52,17 +58,32 @@ class StrategyEpisode:
             raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio reachable with "
                                  f"min_keep={self.min_keep:g} ({self.floor:.3f})")
         self.target = target
+        self.uniform_ratio = float(self.space.uniform(target, self.min_keep)[0])
         self.counts = self.space.channels.copy()  # undecided groups count as whole
         self.index = 0
         return self.observation()
 
     def keep_ratio(self, action: float) -> float:
-        """Map an action in [-1, 1] to a keep ratio in [min_keep, 1]."""
-        return self.min_keep + (float(action) + 1) / 2 * (1 - self.min_keep)
+        """Map an action in [-1, 1] to a keep ratio in [min_keep, 1].
+
+        ``absolute``: linearly. ``offset``: piecewise linearly with 0 at the uniform strategy's ratio
+        for the current target (-1 -> min_keep, 0 -> uniform, 1 -> 1), so an untrained policy starts
+        near the uniform strategy and learns deviations from it.
+        """
+        a = float(action)
+        if self.action_mode == "absolute":
+            return self.min_keep + (a + 1) / 2 * (1 - self.min_keep)
+        u = self.uniform_ratio
+        return u + a * ((1 - u) if a >= 0 else (u - self.min_keep))
 
     def action_for(self, keep_ratio: float) -> float:
         """The action that maps to ``keep_ratio`` (inverse of ``keep_ratio``)."""
-        return float(np.clip(2 * (keep_ratio - self.min_keep) / (1 - self.min_keep) - 1, -1, 1))
+        r = float(keep_ratio)
+        if self.action_mode == "absolute":
+            return float(np.clip(2 * (r - self.min_keep) / (1 - self.min_keep) - 1, -1, 1))
+        u = self.uniform_ratio
+        span = (1 - u) if r >= u else (u - self.min_keep)
+        return float(np.clip((r - u) / span, -1, 1)) if span > 0 else 0.0
 
     def step(self, action: float) -> int:
         """Decide the current group from ``action``; returns the channel count kept after the wall."""
