@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded digits data")
-    p.add_argument("--out", default="out/demo", help="where the demo writes its models")
+    p.add_argument("--out", default="out/demo", help="where the demo writes its models and report")
+    p.add_argument("--episodes", type=int, default=300, help="search episodes")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("info", help="per-layer channels, FLOPs and parameters of a model file, against its dense architecture")
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(args: argparse.Namespace) -> None:
     from autoprune.demo import run_demo
 
-    run_demo(args.out, args.seed)
+    run_demo(args.out, args.seed, args.episodes)
 
 
 @command("criteria")

@@ -1,47 +1,67 @@
-"""``autoprune demo``: the whole story on the embedded digits data, in a few minutes on a laptop CPU."""
+"""``autoprune demo``: the whole story on the embedded digits data, in a few minutes on a laptop CPU.
+
+Train a small base model, search one conditional policy, prune at three targets (one not a round
+number), and compare with the uniform strategy under the same fine-tune budget.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from autoprune import models
+from autoprune.agents import SearchConfig, search
+from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
 from autoprune.checkpoint import save_model
-from autoprune.data import BatchLoader, load_splits
-from autoprune.pruning import PruningSpace, count_flops, count_params
-from autoprune.training import TrainConfig, evaluate, fit, recalibrate_bn
+from autoprune.data import load_splits
+from autoprune.envs import ChannelPruningEnv
+from autoprune.pruning import count_flops
+from autoprune.training import TrainConfig, evaluate, fit
 from autoprune.utils import seed_everything
 
+TARGETS = (0.3, 0.45, 0.63)
 
-def run_demo(out_dir: str | Path = "out/demo", seed: int = 0) -> list[dict]:
+
+def run_demo(out_dir: str | Path = "out/demo", seed: int = 0, episodes: int = 300) -> list[dict]:
     out_dir = Path(out_dir)
     seed_everything(seed)
     t0 = time.perf_counter()
     splits = load_splits("digits")
-    print(f"[1/2] training a small CNN on the embedded digits ({len(splits.train)} train / {len(splits.val)} val / "
+    print(f"[1/4] training a small CNN on the embedded digits ({len(splits.train)} train / {len(splits.val)} val / "
           f"{len(splits.test)} test images)")
     model = models.create("smallcnn")
     fit(model, splits, TrainConfig(epochs=8, batch_size=64, lr=0.1, seed=seed), progress=False)
     base_acc = evaluate(model, splits.test)
-    save_model(out_dir / "base.pt", model, "smallcnn", splits.num_classes, {"kind": "base", "dataset": "digits",
+    base_path = out_dir / "base.pt"
+    save_model(base_path, model, "smallcnn", splits.num_classes, {"kind": "base", "dataset": "digits",
                "val_size": splits.val_size, "input_shape": list(splits.input_shape), "test_accuracy": base_acc, "seed": seed})
+    print(f"      base test accuracy {base_acc:.2f}%")
+
+    print(f"[2/4] searching one conditional policy for targets in [0.2, 0.9] ({episodes} episodes, DDPG)")
+    policy_dir = out_dir / "policy"
+    if (policy_dir / "policy.json").exists():
+        import shutil
+
+        shutil.rmtree(policy_dir)
+    policy = search(policy_dir, SearchConfig(episodes=episodes, seed=seed), checkpoint=base_path, progress=True)
+
+    print(f"[3/4] pruning at targets {', '.join(map(str, TARGETS))} with the one policy")
     example = torch.zeros(1, *splits.input_shape)
-    space = PruningSpace(model, example)
-    print("[2/2] pruning at three targets (uniform keep ratio, l1 criterion, BN recalibration)")
-    rows = [{"target": 1.0, "achieved_flops_ratio": 1.0, "params": count_params(model), "test_accuracy": base_acc}]
-    calib = BatchLoader(splits.train, 64, shuffle=True, seed=seed, max_batches=8)
-    for target in (0.7, 0.5, 0.3):
-        strategy = space.uniform(target)
-        pruned = space.apply(strategy, "l1")
-        recalibrate_bn(pruned, (x for x, _ in calib))
-        rows.append({"target": target, "achieved_flops_ratio": count_flops(pruned, example) / space.dense_flops,
-                     "params": count_params(pruned), "test_accuracy": evaluate(pruned, splits.test),
-                     "strategy": np.round(strategy, 3).tolist()})
-    print(f"\n{'target':>7} {'FLOPs ratio':>12} {'params':>8} {'test acc':>9}")
-    for r in rows:
-        print(f"{r['target']:>7.2f} {r['achieved_flops_ratio']:>12.3f} {r['params']:>8d} {r['test_accuracy']:>8.2f}%")
-    print(f"\ndone in {time.perf_counter() - t0:.0f}s; base model in {out_dir / 'base.pt'}")
+    for target in TARGETS:
+        pruned = policy.prune(model, target)
+        ratio = count_flops(pruned, example) / count_flops(model, example)
+        save_model(out_dir / f"pruned-{target}.pt", pruned, "smallcnn", splits.num_classes,
+                   {"kind": "pruned", "dataset": "digits", "target": target, "achieved_flops_ratio": ratio,
+                    "input_shape": list(splits.input_shape)})
+        print(f"      target {target}: FLOPs ratio {ratio:.3f} -> {out_dir / f'pruned-{target}.pt'}")
+
+    print("[4/4] policy vs uniform, 3 fine-tune epochs each")
+    env = ChannelPruningEnv(model=model, splits=splits, space=policy.space)
+    rows = evaluate_methods(env, TARGETS, policy, ["uniform"], finetune_epochs=3, seed=seed, log=lambda s: None)
+    write_report(rows, out_dir / "report", {"demo": True, "seed": seed, "episodes": episodes})
+    print()
+    print(markdown_table(rows))
+    print(f"\nbase model {base_acc:.2f}% test accuracy; report in {out_dir / 'report'}; done in {time.perf_counter() - t0:.0f}s")
     return rows

@@ -41,8 +41,9 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--episodes", "12"]) == 0
     text = capsys.readouterr().out
-    assert "FLOPs ratio" in text and (tmp_path / "demo" / "base.pt").exists()
-    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("0.70", "0.50", "0.30"))]
-    assert len(rows) == 3 and all(float(r[1]) <= float(r[0]) for r in rows)
+    assert (tmp_path / "demo" / "base.pt").exists() and (tmp_path / "demo" / "policy" / "policy.json").exists()
+    assert (tmp_path / "demo" / "report" / "pareto.png").exists()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith(("| policy", "| uniform"))]
+    assert len(rows) == 6 and all(float(r[2]) <= float(r[1]) for r in rows)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch.nn as nn
 
 from autoprune.data import BatchLoader, DataSplits
@@ -118,8 +119,6 @@ def quantize(
     mf = ModelFile(path, "onnx", "int8", tuple(splits.input_shape), meta, onnx=int8)
     int8_acc = evaluate_file(mf, splits.test)
     fp32_acc = evaluate(model, splits.test)
-    import onnx
-
     proto = onnx.load_model_from_string(int8)
     set_onnx_meta(proto, {**meta, "input_shape": list(splits.input_shape), "format": "onnx", "precision": "int8",
                           "quantization": quant_info, "test_accuracy": int8_acc, "fp32_test_accuracy": fp32_acc})

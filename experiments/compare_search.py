@@ -1,0 +1,71 @@
+"""Agents x rewards x action modes on one base model, same episode budget: which trains the best
+conditional policy? Each policy is scored by the proxy at held-out targets, against uniform."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from autoprune.agents import SearchConfig, search
+from autoprune.checkpoint import load_model
+from autoprune.envs import ChannelPruningEnv
+from experiments.common import parse_config, write_report
+
+
+@dataclass
+class Config:
+    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
+    data_dir: str = ""  # data folder when the checkpoint's data set needs one
+    agents: str = "ddpg,td3,sac,ppo"
+    rewards: str = "relative"
+    action_modes: str = "offset"
+    episodes: int = 300
+    proxy_images: int = 1000
+    eval_targets: str = "0.3,0.42,0.5,0.63,0.7"
+    seeds: str = "0"
+    name: str = "compare_search"
+    threads: int = 1
+
+
+def main(cfg: Config) -> None:
+    torch.set_num_threads(cfg.threads)
+    targets = [float(t) for t in cfg.eval_targets.split(",")]
+    model, payload = load_model(cfg.checkpoint)
+    env = ChannelPruningEnv(model=model, data_dir=cfg.data_dir or None, data=payload["meta"].get("dataset"),
+                            val_size=payload["meta"].get("val_size"), proxy_images=cfg.proxy_images)
+    uniform = {t: env.evaluate_strategy(env.space.uniform(t, env.min_keep)) for t in targets}
+    rows = []
+    for agent in cfg.agents.split(","):
+        for reward in cfg.rewards.split(","):
+            for mode in cfg.action_modes.split(","):
+                for seed in (int(s) for s in cfg.seeds.split(",")):
+                    out = tempfile.mkdtemp()
+                    t0 = time.perf_counter()
+                    policy = search(out, SearchConfig(agent=agent, reward=reward, action_mode=mode, episodes=cfg.episodes,
+                                                      proxy_images=cfg.proxy_images, seed=seed, checkpoint_every=cfg.episodes),
+                                    model=model, splits=env.splits, progress=False)
+                    seconds = time.perf_counter() - t0
+                    shutil.rmtree(out)
+                    proxies = {t: env.evaluate_strategy(policy.strategy(t)) for t in targets}
+                    gains = [proxies[t] - uniform[t] for t in targets]
+                    rows.append({"agent": agent, "reward": reward, "action_mode": mode, "seed": seed, "seconds": seconds,
+                                 "proxy": proxies, "mean_gain_over_uniform": float(np.mean(gains)),
+                                 "min_gain_over_uniform": float(np.min(gains))})
+                    print(rows[-1], flush=True)
+    head = "| agent | reward | action mode | seed | " + " | ".join(f"proxy @{t:g}" for t in targets) + " | mean gain vs uniform | worst gain | search s |"
+    lines = [head, "|" + "---|" * (len(targets) + 7),
+             "| uniform | — | — | — | " + " | ".join(f"{uniform[t]:.4f}" for t in targets) + " | 0 | 0 | 0 |"]
+    for r in rows:
+        lines.append(f"| {r['agent']} | {r['reward']} | {r['action_mode']} | {r['seed']} | "
+                     + " | ".join(f"{r['proxy'][t]:.4f}" for t in targets)
+                     + f" | {r['mean_gain_over_uniform']:+.4f} | {r['min_gain_over_uniform']:+.4f} | {r['seconds']:.0f} |")
+    write_report(cfg.name, cfg, {"uniform": uniform, "rows": rows}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))
