@@ -67,7 +67,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --out/results.json and compute the rest")
 
 
 @command("search")
@@ -167,7 +168,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             target_range=(low, max(targets)), proxy_images=args.proxy_images or
                             (policy.meta.get("proxy_images") if policy else None),
                             space=policy.space if policy else None)
-    rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr, args.seed)
-    write_report(rows, args.out, {k: v for k, v in vars(args).items() if k != "func"})
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
+    done = []
+    previous = Path(args.out) / "results.json"
+    if args.resume and previous.exists():
+        saved = json.loads(previous.read_text())
+        if saved.get("config") != config:
+            raise AutopruneError(f"{previous} was written with other settings; use the same ones to --resume")
+        done = saved["rows"]
+        print(f"resuming: {len(done)} rows already in {previous}")
+    rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr,
+                            args.seed, done=done, on_row=lambda rows: write_report(rows, args.out, config))
+    write_report(rows, args.out, config)
     print(markdown_table(rows))
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")

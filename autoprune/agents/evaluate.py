@@ -40,10 +40,17 @@ def evaluate_methods(
     finetune_lr: float = 0.01,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    done: Sequence[dict[str, Any]] = (),
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the comparison table; every method gets the same fine-tune budget."""
+    """Rows of the comparison table; every method gets the same fine-tune budget.
+
+    ``done`` holds rows from an earlier, interrupted run (they are kept, not recomputed);
+    ``on_row(rows)`` is called after every new row, e.g. to save progress.
+    """
     space, splits = env.space, env.splits
-    rows = []
+    rows = list(done)
+    finished = {(r["method"], round(r["target"], 6)) for r in rows}
     calib = [x for x, _ in BatchLoader(splits.train, 128, shuffle=True, seed=seed, max_batches=8)]
     methods: list[tuple[str, Callable[[float], tuple[np.ndarray, int, float]]]] = []
     if policy is not None:
@@ -61,6 +68,8 @@ def evaluate_methods(
         methods.append((name, run))
     for target in targets:
         for name, find in methods:
+            if (name, round(float(target), 6)) in finished:
+                continue
             strategy, episodes, seconds = find(target)
             pruned = space.apply(strategy, env.criterion)
             recalibrate_bn(pruned, calib)
@@ -73,6 +82,8 @@ def evaluate_methods(
                 fit(pruned, splits, config, progress=False, log=lambda s: None)
                 row["finetuned_test_accuracy"] = evaluate(pruned, splits.test)
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
             log(f"{name:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  proxy {row['proxy_accuracy']:.3f}  "
                 f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {row['finetuned_test_accuracy']:.2f}%" if finetune_epochs else ""))
     return rows
