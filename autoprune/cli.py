@@ -116,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from autoprune.training import TrainConfig, evaluate, fit
     from autoprune.utils import seed_everything, versions
 
+    if not args.arch.startswith(models.TORCHVISION_PREFIX):
+        models.MODELS.get(args.arch)  # fail fast on a typo, before loading any data
     out = Path(args.out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          schedule=args.schedule, label_smoothing=args.label_smoothing, seed=args.seed)

@@ -1,7 +1,29 @@
-"""Conditional policy search on stable-baselines3, policy queries, and baseline searchers."""
+"""Conditional policy search on stable-baselines3, policy queries, and baseline searchers.
 
-from autoprune.agents.algorithms import AGENTS, create_agent, list_agents
-from autoprune.agents.policy import ConditionalPolicy, load_policy
-from autoprune.agents.search import SearchConfig, search
+Names are imported on first use, so that the CLI can register its sub-commands without importing
+stable-baselines3.
+"""
 
-__all__ = ["AGENTS", "ConditionalPolicy", "SearchConfig", "create_agent", "list_agents", "load_policy", "search"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "AGENTS": "autoprune.agents.algorithms",
+    "create_agent": "autoprune.agents.algorithms",
+    "list_agents": "autoprune.agents.algorithms",
+    "ConditionalPolicy": "autoprune.agents.policy",
+    "load_policy": "autoprune.agents.policy",
+    "SearchConfig": "autoprune.agents.search",
+    "search": "autoprune.agents.search",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autoprune.agents' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
