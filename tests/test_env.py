@@ -136,3 +136,13 @@ def test_bad_inputs_are_clear_errors(trained_small, digits, env):
     run_episode(env, target=0.5)
     with pytest.raises(gym.error.ResetNeeded):
         env.step(np.zeros(1, np.float32))
+
+
+def test_round_to_env_meets_the_budget_with_multiples(trained_small, digits):
+    model, _ = trained_small
+    env = ChannelPruningEnv(model=model, splits=digits, round_to=8, target_range=(0.3, 0.9))
+    env.action_space.seed(1)
+    for i in range(30):
+        _, _, info = run_episode(env, seed=i)
+        assert info["achieved_flops_ratio"] <= info["target"] + 1e-12
+        assert all(c % 8 == 0 or c == full for c, full in zip(info["kept_channels"], env.space.channels))

@@ -140,6 +140,17 @@ def test_keep_counts_rounding_and_bounds(spaces):
     assert space.keep_counts([0.0, 0.01, 1.0, 0.51]).tolist() == [1, 1, 32, 33]
 
 
+def test_round_to_keeps_hardware_friendly_counts():
+    model = models.create("resnet20").eval()
+    space = PruningSpace(model, X[:1], round_to=8)
+    assert space.allowed_counts(0).tolist() == [8, 16]
+    for strategy in (np.full(space.num_groups, 0.3), np.random.default_rng(0).uniform(0, 1, space.num_groups)):
+        counts = space.keep_counts(strategy)
+        assert all(c % 8 == 0 or c == space.channels[g] for g, c in enumerate(counts))
+        assert count_flops(space.apply(strategy), X) == space.flops(strategy)
+    assert space.flops_ratio(space.uniform(0.5)) <= 0.5
+
+
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.77])
 def test_uniform_meets_the_target(spaces, target):
     _, space = spaces["resnet56"]

@@ -15,8 +15,8 @@ _LAZY = {
     "list_agents": "autoprune.agents.algorithms",
     "ConditionalPolicy": "autoprune.agents.policy",
     "load_policy": "autoprune.agents.policy",
-    "SearchConfig": "autoprune.agents.search",
-    "search": "autoprune.agents.search",
+    "SearchConfig": "autoprune.agents.conditional",
+    "search": "autoprune.agents.conditional",
 }
 
 

@@ -180,7 +180,7 @@ class AMC(Searcher):
     """One DDPG search per target in the same environment with the target fixed."""
 
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
-        from autoprune.agents.search import SearchConfig, search
+        from autoprune.agents.conditional import SearchConfig, search
 
         config = SearchConfig(agent="ddpg", episodes=max(episodes, 2), target_low=target, target_high=target,
                               criterion=env.criterion, reward="accuracy", min_keep=env.min_keep,

@@ -36,6 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--criterion", default="l1", help="channel importance criterion (see `autoprune criteria`)")
     p.add_argument("--reward", default="relative", help="relative, accuracy or error_log_flops")
     p.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of this (e.g. 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25, help="episodes between saved checkpoints")
     p.add_argument("--out", required=True, help="policy directory")
@@ -64,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     data_args(p, default=None)
     p.add_argument("--criterion", help="importance criterion (default: the policy's, else l1)")
     p.add_argument("--proxy-images", type=int)
+    p.add_argument("--round-to", type=int, help="channel multiple for baselines (default: the policy's, else 1)")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--seed", type=int, default=0)
@@ -73,12 +75,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 @command("search")
 def cmd_search(args: argparse.Namespace) -> None:
-    from autoprune.agents.search import SearchConfig, search
+    from autoprune.agents.conditional import SearchConfig, search
 
     low, high = parse_range(args.targets)
     config = SearchConfig(agent=args.agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
                           target_high=high, criterion=args.criterion, reward=args.reward, proxy_images=args.proxy_images,
-                          seed=args.seed, checkpoint_every=args.checkpoint_every)
+                          round_to=args.round_to, seed=args.seed, checkpoint_every=args.checkpoint_every)
     policy = search(args.out, config, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
                     val_size=args.val_size, resume=args.resume, progress=not args.no_progress)
     print(f"policy saved to {args.out}: {policy.meta['episodes']} episodes in {policy.meta['search_seconds'] / 60:.1f} min")
@@ -167,6 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             val_size=args.val_size or payload["meta"].get("val_size"), criterion=criterion,
                             target_range=(low, max(targets)), proxy_images=args.proxy_images or
                             (policy.meta.get("proxy_images") if policy else None),
+                            round_to=args.round_to or (policy.meta.get("round_to", 1) if policy else 1),
                             space=policy.space if policy else None)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
     done = []

@@ -129,7 +129,7 @@ class ConditionalPolicy:
         """Prune ``model`` (the policy's base model) for ``target``; returns a new, smaller model."""
         if self.space is None or self.space.model is not model:
             example = torch.zeros(1, *self.meta["input_shape"])
-            self.bind(PruningSpace(model, example), fingerprint(model))
+            self.bind(PruningSpace(model, example, round_to=self.meta.get("round_to", 1)), fingerprint(model))
         assert self.space is not None
         return self.space.apply(self.strategy(target, allow_extrapolation), criterion or self.meta["criterion"], data)
 
@@ -173,5 +173,6 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
 
         model = load_model(checkpoint)[0]
     if model is not None:
-        policy.bind(PruningSpace(model, torch.zeros(1, *meta["input_shape"])), fingerprint(model))
+        space = PruningSpace(model, torch.zeros(1, *meta["input_shape"]), round_to=meta.get("round_to", 1))
+        policy.bind(space, fingerprint(model))
     return policy

@@ -116,6 +116,7 @@ class ChannelPruningEnv(gym.Env):
     - ``calib_batches``: training batches for that (default 4).
     - ``tolerance``: how far below the target the strategy may end (default 0.02).
     - ``action_mode``: ``"offset"`` (default) or ``"absolute"``, see Action.
+    - ``round_to``: keep channel counts that are multiples of this (default 1: any count).
     - ``space``: a prebuilt ``PruningSpace`` of the model, to share between environments.
     """
 
@@ -138,6 +139,7 @@ class ChannelPruningEnv(gym.Env):
         calib_batches: int = 4,
         tolerance: float = 0.02,
         action_mode: str = "offset",
+        round_to: int = 1,
         space: PruningSpace | None = None,
     ) -> None:
         super().__init__()
@@ -164,7 +166,7 @@ class ChannelPruningEnv(gym.Env):
         self.target_range = (low, high)
         self.reward_name = reward
         example = torch.zeros(1, *splits.input_shape)
-        self.space = space if space is not None else PruningSpace(model, example)
+        self.space = space if space is not None else PruningSpace(model, example, round_to=round_to)
         # Importance is a property of the base model: computed once, not per episode.
         from autoprune.data import BatchLoader
 

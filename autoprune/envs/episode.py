@@ -32,7 +32,7 @@ class StrategyEpisode:
         self.space = space
         self.min_keep = float(min_keep)
         self.tolerance = float(tolerance)
-        self.min_counts = np.clip(np.floor(min_keep * space.channels + 0.5), 1, space.channels).astype(np.int64)
+        self.min_counts = space.keep_counts(np.full(space.num_groups, float(min_keep)))
         self.floor = space.min_flops_ratio(min_keep)
         self.features = self._static_features()
         self.target = 1.0
@@ -139,7 +139,8 @@ class StrategyEpisode:
     def _action_wall(self, t: int, wanted: int) -> int:
         """Clamp group ``t``'s channel count so the finished strategy can still meet the budget."""
         channels = self.space.channels
-        candidates = np.arange(self.min_counts[t], channels[t] + 1)
+        allowed = self.space.allowed_counts(t)
+        candidates = allowed[allowed >= self.min_counts[t]]
         dense = self.space.dense_flops
         low_rest = np.tile(self.counts, (len(candidates), 1)).T
         low_rest[t] = candidates
@@ -152,4 +153,6 @@ class StrategyEpisode:
         hi = int(feasible.max()) if len(feasible) else int(candidates[0])
         reach = candidates[highest >= self.target - self.tolerance]
         lo = int(reach.min()) if len(reach) else hi
-        return int(np.clip(wanted, min(lo, hi), hi))
+        clamped = int(np.clip(wanted, min(lo, hi), hi))
+        # snap to an allowed count (round_to > 1); lo and hi are allowed, so the result stays within them
+        return int(candidates[np.argmin(np.abs(candidates - clamped) - 1e-9 * candidates)])

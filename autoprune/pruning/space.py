@@ -72,12 +72,18 @@ class PruningSpace:
         conv/linear layer in forward order (the classifier) is always kept.
     :param validate: prune every group once at construction and check the forward pass and FLOPs;
         groups that fail are excluded (see ``excluded``) instead of pruning silently wrong.
+    :param round_to: keep channel counts that are multiples of this (or the whole group), which
+        vectorised CPU/GPU kernels run faster; 1 = any count.
 
-    Rounding: a keep ratio ``r`` keeps ``round(r * C)`` channels of a ``C``-channel group, at least 1.
+    Rounding: a keep ratio ``r`` keeps ``round(r * C)`` channels of a ``C``-channel group, at least 1;
+    with ``round_to=m`` the nearest of m, 2m, ..., C (ties to the larger).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[str] = (),
-                 validate: bool = True) -> None:
+                 validate: bool = True, round_to: int = 1) -> None:
+        if int(round_to) < 1:
+            raise AutopruneError(f"round_to must be >= 1, got {round_to}")
+        self.round_to = int(round_to)
         self.model = copy.deepcopy(model).eval()
         self.example_inputs = example_inputs[:1].detach().clone()
         records, executed, _ = trace_layers(self.model, self.example_inputs)
@@ -225,13 +231,32 @@ class PruningSpace:
         return self._dense_flops
 
     def keep_counts(self, strategy: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Channels kept per group for a strategy of keep ratios: ``round(r * C)``, clipped to [1, C]."""
+        """Channels kept per group for a strategy of keep ratios: ``round(r * C)``, clipped to [1, C]
+        and snapped to the allowed counts when ``round_to > 1``."""
         ratios = np.asarray(strategy, dtype=np.float64)
         if ratios.shape != (self.num_groups,):
             raise AutopruneError(f"a strategy for this model has {self.num_groups} keep ratios (one per group), got shape {ratios.shape}")
         if not np.all(np.isfinite(ratios)) or ratios.min() < 0 or ratios.max() > 1:
             raise AutopruneError("keep ratios must lie in [0, 1]")
-        return np.clip(np.floor(ratios * self.channels + 0.5), 1, self.channels).astype(np.int64)
+        counts = np.clip(np.floor(ratios * self.channels + 0.5), 1, self.channels).astype(np.int64)
+        return self.snap(counts)
+
+    def allowed_counts(self, group: int) -> np.ndarray:
+        """The channel counts group ``group`` may keep (1..C, or multiples of ``round_to`` and C)."""
+        c = int(self.channels[group])
+        if self.round_to == 1:
+            return np.arange(1, c + 1)
+        return np.unique(np.append(np.arange(self.round_to, c + 1, self.round_to), c))
+
+    def snap(self, counts: np.ndarray) -> np.ndarray:
+        """Nearest allowed count per group (ties to the larger)."""
+        if self.round_to == 1:
+            return np.asarray(counts, dtype=np.int64)
+        out = np.empty(len(counts), dtype=np.int64)
+        for g, n in enumerate(counts):
+            allowed = self.allowed_counts(g)
+            out[g] = allowed[np.argmin(np.abs(allowed - n) - 1e-9 * allowed)]
+        return out
 
     def flops(self, strategy: Sequence[float] | np.ndarray | None = None) -> int:
         """MACs per image of the dense model (``None``) or of the model pruned with ``strategy`` (closed form)."""
