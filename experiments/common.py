@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ def parse_config(cls: type[C]) -> C:
 
 def write_report(name: str, config: Any, results: dict[str, Any], markdown: str, out_dir: str = "docs/results") -> None:
     """Write ``<out_dir>/<name>.json`` (config, versions, command, results) and ``<name>.md``."""
+    module = f"experiments.{Path(sys.argv[0]).stem}"
     payload = {
-        "command": " ".join(["python"] + sys.argv),
+        "command": " ".join(["python", "-m", module] + [shlex.quote(a) for a in sys.argv[1:]]),
         "config": dataclasses.asdict(config),
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
