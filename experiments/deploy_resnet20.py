@@ -28,6 +28,7 @@ class Config:
     data_dir: str = "../shared/data/cifar10"
     target: float = 0.5  # FLOPs ratio of the uniform pruning
     criterion: str = "l1"
+    round_to: int = 8  # channel multiple: counts such as 11/22/45 run no faster than the dense model
     finetune_epochs: int = 10  # the same for the plain and the distilled run
     lr: float = 0.01
     batch_size: int = 128
@@ -60,7 +61,7 @@ def main(cfg: Config) -> None:
                        "val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test)}}
 
     # prune: one keep ratio for every group, the largest whose FLOPs ratio is <= target
-    space = PruningSpace(base, example)
+    space = PruningSpace(base, example, round_to=cfg.round_to)
     pruned = space.apply(space.uniform(cfg.target), cfg.criterion)
     flops_ratio = count_flops(pruned, example) / space.dense_flops
     no_ft = copy.deepcopy(pruned)
