@@ -22,6 +22,8 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
+            if isinstance(obj, type):
+                obj.name = name  # type: ignore[attr-defined]  # a registered class knows its name
             self._entries[name] = obj
             return obj
 

@@ -56,14 +56,6 @@ class Searcher:
 SEARCHERS: Registry[type[Searcher]] = Registry("baseline")
 
 
-def register(name: str):  # type: ignore[no-untyped-def]
-    def decorator(cls: type[Searcher]) -> type[Searcher]:
-        cls.name = name
-        return SEARCHERS.register(name)(cls)
-
-    return decorator
-
-
 def create_searcher(name: str) -> Searcher:
     return SEARCHERS.get(name)()
 
@@ -72,13 +64,13 @@ def list_searchers() -> list[str]:
     return SEARCHERS.names()
 
 
-@register("uniform")
+@SEARCHERS.register("uniform")
 class Uniform(Searcher):
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
         return env.space.uniform(target, env.min_keep), 0
 
 
-@register("global")
+@SEARCHERS.register("global")
 class GlobalRanking(Searcher):
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
         space = env.space
@@ -110,7 +102,7 @@ class ActionSearcher(Searcher):
         return env.evaluate_strategy(strategy), strategy
 
 
-@register("random")
+@SEARCHERS.register("random")
 class RandomSearch(ActionSearcher):
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
         best = (-1.0, env.space.uniform(target, env.min_keep))
@@ -119,7 +111,7 @@ class RandomSearch(ActionSearcher):
         return best[1], max(episodes, 1)
 
 
-@register("ga")
+@SEARCHERS.register("ga")
 class GeneticAlgorithm(ActionSearcher):
     population = 16
     elite = 2
@@ -146,7 +138,7 @@ class GeneticAlgorithm(ActionSearcher):
         return env.episode.run(target, pop[int(np.argmax(fitness))]), spent
 
 
-@register("sensitivity")
+@SEARCHERS.register("sensitivity")
 class Sensitivity(Searcher):
     probe_keep = 0.5
 
@@ -175,7 +167,7 @@ class Sensitivity(Searcher):
         return allocate(hi), space.num_groups + 1
 
 
-@register("amc")
+@SEARCHERS.register("amc")
 class AMC(Searcher):
     """One DDPG search per target in the same environment with the target fixed."""
 

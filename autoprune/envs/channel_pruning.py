@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from gymnasium import spaces
 
-from autoprune.data import DataSplits, load_splits
+from autoprune.data import BatchLoader, DataSplits, load_splits
 from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode
 from autoprune.envs.proxy import AccuracyProxy
 from autoprune.errors import AutopruneError
@@ -168,8 +168,6 @@ class ChannelPruningEnv(gym.Env):
         example = torch.zeros(1, *splits.input_shape)
         self.space = space if space is not None else PruningSpace(model, example, round_to=round_to)
         # Importance is a property of the base model: computed once, not per episode.
-        from autoprune.data import BatchLoader
-
         self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
         self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches)
         self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode)

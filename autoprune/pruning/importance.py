@@ -69,14 +69,6 @@ class Criterion:
 CRITERIA: Registry[type[Criterion]] = Registry("importance criterion")
 
 
-def register(name: str):  # type: ignore[no-untyped-def]
-    def decorator(cls: type[Criterion]) -> type[Criterion]:
-        cls.name = name
-        return CRITERIA.register(name)(cls)
-
-    return decorator
-
-
 def create_criterion(name: str, **kwargs: Any) -> Criterion:
     return CRITERIA.get(name)(**kwargs)
 
@@ -113,31 +105,31 @@ def _to_numpy(scores: torch.Tensor | None, channels: int) -> np.ndarray:
     return np.nan_to_num(s)
 
 
-@register("l1")
+@CRITERIA.register("l1")
 class L1(TorchPruningCriterion):
     def make(self) -> tp.importance.Importance:
         return tp.importance.GroupMagnitudeImportance(p=1)
 
 
-@register("l2")
+@CRITERIA.register("l2")
 class L2(TorchPruningCriterion):
     def make(self) -> tp.importance.Importance:
         return tp.importance.GroupMagnitudeImportance(p=2)
 
 
-@register("bn_scale")
+@CRITERIA.register("bn_scale")
 class BNScale(TorchPruningCriterion):
     def make(self) -> tp.importance.Importance:
         return tp.importance.BNScaleImportance()
 
 
-@register("fpgm")
+@CRITERIA.register("fpgm")
 class FPGM(TorchPruningCriterion):
     def make(self) -> tp.importance.Importance:
         return tp.importance.FPGMImportance()
 
 
-@register("random")
+@CRITERIA.register("random")
 class Random(Criterion):
     def scores(self, space: PruningSpace, data: Iterable | None) -> list[np.ndarray]:
         rng = np.random.default_rng(self.seed)
@@ -153,7 +145,7 @@ def _backward_on(model: nn.Module, batches: list) -> None:
             F.cross_entropy(model(x), y).backward()
 
 
-@register("gradient")
+@CRITERIA.register("gradient")
 class Gradient(TorchPruningCriterion):
     needs_data = True
 
@@ -224,7 +216,7 @@ def _per_channel(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).mean(2) if t.ndim > 2 else t
 
 
-@register("taylor")
+@CRITERIA.register("taylor")
 class Taylor(FeatureMapCriterion):
     needs_backward = True
 
@@ -234,7 +226,7 @@ class Taylor(FeatureMapCriterion):
         return torch.stack(contributions).mean(0)
 
 
-@register("entropy")
+@CRITERIA.register("entropy")
 class Entropy(FeatureMapCriterion):
     bins = 16
 
