@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
 DATA=${DATA:-../shared/data/cifar10}
-EPISODES=${EPISODES:-300}
-POLICY=${POLICY:-runs/resnet20-cifar10-policy}
+EPISODES=${EPISODES:-400}
+POLICY=${POLICY:-policies/resnet20-cifar10}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
 
@@ -20,4 +20,4 @@ resume=()
 [ -f "$REPORT/results.json" ] && resume=(--resume)
 $AP evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" \
     --targets 0.3,0.42,0.5,0.63,0.7 --baselines uniform,global,amc --baseline-episodes "$EPISODES" \
-    --finetune-epochs 1 --seed 0 --out "$REPORT" "${resume[@]}"
+    --policy-best-of 8 --finetune-epochs 1 --seed 0 --out "$REPORT" "${resume[@]}"

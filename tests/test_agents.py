@@ -131,3 +131,13 @@ def test_cli_prune_writes_model_and_summary(policy_dir, tmp_path, capsys):
     assert main(["prune", "--policy", str(out), "--checkpoint", str(ckpt), "--target", "0.97", "--out", str(tmp_path / "x.pt")]) == 2
     assert not (tmp_path / "x.pt").exists()
     assert main(["prune", "--policy", str(tmp_path), "--checkpoint", str(ckpt), "--target", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
+
+
+def test_best_of_k_is_never_worse_than_the_deterministic_rollout(policy_dir, env):
+    out, ckpt = policy_dir
+    policy = load_policy(out, checkpoint=ckpt)
+    for target in (0.35, 0.6):
+        deterministic = env.evaluate_strategy(policy.strategy(target))
+        strategy, score, scored = policy.best_strategy(target, env.evaluate_strategy, k=4)
+        assert scored >= 4 and score >= deterministic
+        assert in_budget(policy.space.flops_ratio(strategy), target)

@@ -48,7 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="the base model the policy was trained for")
     p.add_argument("--target", type=float, required=True, help="FLOPs ratio to keep, e.g. 0.37")
     data_args(p, default=None)
-    p.add_argument("--best-of", type=int, default=1, help="score K rollouts (1 deterministic + K-1 noisy) on the proxy")
+    p.add_argument("--best-of", type=int, default=1,
+                   help="score K rollouts (1 deterministic + K-1 noisy) and the search's best strategies for this target on the proxy")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the base model")
@@ -62,6 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", default="0.3,0.5,0.7", help="comma-separated targets")
     p.add_argument("--baselines", default="uniform", help="comma-separated: uniform,global,random,ga,sensitivity,amc")
     p.add_argument("--baseline-episodes", type=int, default=100, help="proxy evaluations per target for searching baselines")
+    p.add_argument("--policy-best-of", type=int, default=1, help="as prune --best-of: proxy-scored candidates per target")
     data_args(p, default=None)
     p.add_argument("--criterion", help="importance criterion (default: the policy's, else l1)")
     p.add_argument("--proxy-images", type=int)
@@ -111,20 +113,22 @@ def cmd_prune(args: argparse.Namespace) -> None:
     space = policy.space
     assert space is not None
     proxy = AccuracyProxy(splits, policy.meta.get("proxy_images"))
-    candidates = policy.rollouts(args.target, max(args.best_of, 1), seed=args.seed, allow_extrapolation=args.allow_extrapolation)
 
     def score(strategy: np.ndarray) -> float:
         counts = space.keep_counts(strategy)
         return proxy(tuple(counts.tolist()), lambda: space.apply(strategy, policy.meta["criterion"])).accuracy
 
-    scores = [score(s) for s in candidates]
-    strategy = candidates[int(np.argmax(scores))]
+    if args.best_of > 1:
+        strategy, best_score, _ = policy.best_strategy(args.target, score, args.best_of, args.seed, args.allow_extrapolation)
+    else:
+        strategy = policy.strategy(args.target, args.allow_extrapolation)
+        best_score = score(strategy)
     pruned = space.apply(strategy, policy.meta["criterion"])
     proxy.score(pruned)  # adaptive BN: the saved model carries recalibrated statistics
     test_acc = evaluate(pruned, splits.test)
     summary = {
         "target": args.target, "achieved_flops_ratio": space.flops_ratio(strategy), "params": count_params(pruned),
-        "dense_params": count_params(base), "proxy_accuracy": max(scores), "test_accuracy": test_acc,
+        "dense_params": count_params(base), "proxy_accuracy": best_score, "test_accuracy": test_acc,
         "test_accuracy_before_finetune": test_acc, "strategy": np.round(strategy, 4).tolist(),
         "channels": {g.root: [int(k), int(g.channels)] for g, k in zip(space.groups, space.keep_counts(strategy))},
         "best_of": args.best_of, "finetune_epochs": args.finetune_epochs, "distill": args.distill,
@@ -181,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         done = saved["rows"]
         print(f"resuming: {len(done)} rows already in {previous}")
     rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr,
-                            args.seed, done=done, on_row=lambda rows: write_report(rows, args.out, config))
+                            args.seed, policy_best_of=args.policy_best_of, done=done, on_row=lambda rows: write_report(rows, args.out, config))
     write_report(rows, args.out, config)
     print(markdown_table(rows))
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")

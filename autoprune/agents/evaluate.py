@@ -39,12 +39,15 @@ def evaluate_methods(
     finetune_epochs: int = 0,
     finetune_lr: float = 0.01,
     seed: int = 0,
+    policy_best_of: int = 1,
     log: Callable[[str], None] = print,
     done: Sequence[dict[str, Any]] = (),
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of the comparison table; every method gets the same fine-tune budget.
 
+    ``policy_best_of`` > 1 scores that many policy rollouts plus the search's best strategies for the
+    target on the proxy (``ConditionalPolicy.best_strategy``); those evaluations count as search cost.
     ``done`` holds rows from an earlier, interrupted run (they are kept, not recomputed);
     ``on_row(rows)`` is called after every new row, e.g. to save progress.
     """
@@ -56,8 +59,16 @@ def evaluate_methods(
     if policy is not None:
         if policy.space is None:
             policy.bind(space)
-        cost = (int(policy.meta.get("episodes", 0)), float(policy.meta.get("search_seconds", 0.0)))
-        methods.append(("policy", lambda t: (policy.strategy(t, allow_extrapolation=True), *cost)))
+        episodes, seconds = int(policy.meta.get("episodes", 0)), float(policy.meta.get("search_seconds", 0.0))
+
+        def query(t: float) -> tuple[np.ndarray, int, float]:
+            if policy_best_of <= 1:
+                return policy.strategy(t, allow_extrapolation=True), episodes, seconds
+            t0 = time.perf_counter()
+            strategy, _, scored = policy.best_strategy(t, env.evaluate_strategy, policy_best_of, seed, allow_extrapolation=True)
+            return strategy, episodes + scored, seconds + time.perf_counter() - t0
+
+        methods.append(("policy", query))
     for name in baselines:
         searcher = create_searcher(name)
 

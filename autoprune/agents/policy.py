@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,21 @@ class ConditionalPolicy:
                 obs = episode.observation()
             strategies.append(episode.strategy.copy())
         return strategies
+
+    def best_strategy(self, target: float, score: Callable[[np.ndarray], float], k: int = 1, seed: int = 0,
+                      allow_extrapolation: bool = False) -> tuple[np.ndarray, float, int]:
+        """The best of ``k`` rollouts (deterministic + noisy) and the search's best strategies that meet
+        the budget for ``target``, by ``score`` (e.g. the proxy). Returns (strategy, score, candidates scored)."""
+        candidates = self.rollouts(target, max(k, 1), seed=seed, allow_extrapolation=allow_extrapolation)
+        assert self.space is not None
+        tolerance = self.meta["tolerance"]
+        for found in self.meta.get("best_per_target_bin", {}).values():
+            strategy = np.asarray(found["strategy"])
+            if target - tolerance <= self.space.flops_ratio(strategy) <= target + 1e-12:
+                candidates.append(strategy)
+        scores = [score(s) for s in candidates]
+        best = int(np.argmax(scores))
+        return candidates[best], scores[best], len(candidates)
 
     def prune(self, model: nn.Module, target: float, criterion: str | None = None, data: Any = None,
               allow_extrapolation: bool = False) -> nn.Module:
