@@ -11,10 +11,13 @@ POLICY=${POLICY:-policies/resnet20-cifar10}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
 
-resume=()
-[ -f "$POLICY/resume/state.json" ] && resume=(--resume)
-$AP search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.2:0.9 --episodes "$EPISODES" \
-    --proxy-images 1000 --seed 0 --out "$POLICY" --no-progress "${resume[@]}"
+search=($AP search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.2:0.9 --episodes "$EPISODES"
+        --proxy-images 1000 --seed 0 --out "$POLICY" --no-progress)
+if [ -f "$POLICY/resume/state.json" ]; then
+    "${search[@]}" --resume          # continue an interrupted search
+elif [ ! -f "$POLICY/policy.json" ]; then
+    "${search[@]}"                   # a committed, finished policy is used as it is
+fi
 
 resume=()
 [ -f "$REPORT/results.json" ] && resume=(--resume)
