@@ -17,6 +17,10 @@ _LAZY = {
     "envs": "autoprune.envs",
     "save_model": "autoprune.checkpoint",
     "load_model": "autoprune.checkpoint",
+    "search": "autoprune.agents.conditional",
+    "SearchConfig": "autoprune.agents.conditional",
+    "load_policy": "autoprune.agents.policy",
+    "ConditionalPolicy": "autoprune.agents.policy",
 }
 
 
@@ -25,9 +29,9 @@ def __getattr__(name: str) -> Any:  # imported on first use, so `import autoprun
         import importlib
 
         module = importlib.import_module(_LAZY[name])
-        return module if module.__name__.endswith(name) else getattr(module, name)
+        return module if module.__name__ == f"autoprune.{name}" else getattr(module, name)
     raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
 
 
-__all__ = ["AutopruneError", "PruningSpace", "__version__", "count_flops", "count_params", "load_model", "models",
-           "save_model"]
+__all__ = ["AutopruneError", "ConditionalPolicy", "PruningSpace", "SearchConfig", "__version__", "count_flops",
+           "count_params", "load_model", "load_policy", "models", "save_model", "search"]

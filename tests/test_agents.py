@@ -141,3 +141,12 @@ def test_best_of_k_is_never_worse_than_the_deterministic_rollout(policy_dir, env
         strategy, score, scored = policy.best_strategy(target, env.evaluate_strategy, k=4)
         assert scored >= 4 and score >= deterministic
         assert in_budget(policy.space.flops_ratio(strategy), target)
+
+
+def test_top_level_api_mirrors_the_cli(policy_dir):
+    import autoprune
+
+    out, ckpt = policy_dir
+    policy = autoprune.load_policy(out, checkpoint=ckpt)
+    assert isinstance(policy, autoprune.ConditionalPolicy)
+    assert callable(autoprune.search) and autoprune.SearchConfig().agent == "ddpg"
