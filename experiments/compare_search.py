@@ -28,6 +28,7 @@ class Config:
     proxy_images: int = 1000
     eval_targets: str = "0.3,0.42,0.5,0.63,0.7"
     seeds: str = "0"
+    best_of: int = 1  # > 1: score the policy by ConditionalPolicy.best_strategy with this many rollouts
     name: str = "compare_search"
     threads: int = 1
 
@@ -51,7 +52,10 @@ def main(cfg: Config) -> None:
                                     model=model, splits=env.splits, progress=False)
                     seconds = time.perf_counter() - t0
                     shutil.rmtree(out)
-                    proxies = {t: env.evaluate_strategy(policy.strategy(t)) for t in targets}
+                    if cfg.best_of > 1:
+                        proxies = {t: policy.best_strategy(t, env.evaluate_strategy, cfg.best_of)[1] for t in targets}
+                    else:
+                        proxies = {t: env.evaluate_strategy(policy.strategy(t)) for t in targets}
                     gains = [proxies[t] - uniform[t] for t in targets]
                     rows.append({"agent": agent, "reward": reward, "action_mode": mode, "seed": seed, "seconds": seconds,
                                  "proxy": proxies, "mean_gain_over_uniform": float(np.mean(gains)),
