@@ -150,3 +150,25 @@ def test_top_level_api_mirrors_the_cli(policy_dir):
     policy = autoprune.load_policy(out, checkpoint=ckpt)
     assert isinstance(policy, autoprune.ConditionalPolicy)
     assert callable(autoprune.search) and autoprune.SearchConfig().agent == "ddpg"
+
+
+def test_ctrl_c_saves_the_search_and_resume_finishes_it(trained_small, tmp_path, monkeypatch):
+    from autoprune.envs.channel_pruning import ChannelPruningEnv as Env
+
+    _, ckpt = trained_small
+    original, calls = Env._finish, {"n": 0}
+
+    def interrupt_on_fifth(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Env, "_finish", interrupt_on_fifth)
+    config = SearchConfig(episodes=8, warmup_episodes=2, checkpoint_every=100)
+    with pytest.raises(AutopruneError, match="interrupted after 4 episodes"):
+        search(tmp_path, config, checkpoint=ckpt, progress=False)
+    assert json.loads((tmp_path / "policy.json").read_text())["episodes"] == 4
+    monkeypatch.setattr(Env, "_finish", original)
+    policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
+    assert policy.meta["episodes"] == 8
