@@ -132,7 +132,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         "test_accuracy_before_finetune": test_acc, "strategy": np.round(strategy, 4).tolist(),
         "channels": {g.root: [int(k), int(g.channels)] for g, k in zip(space.groups, space.keep_counts(strategy))},
         "best_of": args.best_of, "finetune_epochs": args.finetune_epochs, "distill": args.distill,
-        "policy": str(Path(args.policy).resolve()), "base_checkpoint": str(Path(args.checkpoint).resolve()),
+        "policy": str(args.policy), "base_checkpoint": str(args.checkpoint),
         "seed": args.seed, "versions": versions(),
     }
     if args.finetune_epochs > 0:

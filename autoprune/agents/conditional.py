@@ -100,7 +100,7 @@ def search(
         "criterion": config.criterion, "target_range": [config.target_low, config.target_high], "min_keep": config.min_keep,
         "action_mode": config.action_mode, "round_to": config.round_to, "tolerance": env.episode.tolerance, "reward": config.reward, "dataset": env.splits.train.name,
         "val_size": env.splits.val_size, "proxy_images": env.proxy.num_images,
-        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "seed": config.seed,
+        "checkpoint": str(checkpoint) if checkpoint else None, "seed": config.seed,
         "config": asdict(config), "versions": versions(),
     }
     settings = AgentSettings(steps_per_episode=space.num_groups, warmup_episodes=config.warmup_episodes or 0,
