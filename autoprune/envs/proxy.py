@@ -21,7 +21,6 @@ MIN_PROXY_IMAGES = 20
 @dataclass
 class ProxyResult:
     accuracy: float  # in [0, 1]
-    forward_seconds: float  # BN recalibration + evaluation forward passes
     cached: bool
 
 
@@ -52,7 +51,7 @@ class AccuracyProxy:
     def __call__(self, key: tuple[int, ...], build: Callable[[], nn.Module]) -> ProxyResult:
         if key in self.cache:
             self.cache.move_to_end(key)
-            return ProxyResult(self.cache[key], 0.0, True)
+            return ProxyResult(self.cache[key], True)
         model = build()
         t0 = time.perf_counter()
         accuracy = self.score(model)
@@ -61,7 +60,7 @@ class AccuracyProxy:
         self.cache[key] = accuracy
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        return ProxyResult(accuracy, seconds, False)
+        return ProxyResult(accuracy, False)
 
     @torch.inference_mode(False)
     def score(self, model: nn.Module) -> float:
