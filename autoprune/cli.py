@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (same arch and classes) instead of a random init: "
+                        "a warm restart that continues a finished schedule")
     p.add_argument("--out", required=True, help="checkpoint path (.pt); <out>.partial keeps the state to resume")
     p.add_argument("--no-progress", action="store_true")
 
@@ -124,6 +127,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     splits = load_splits(args.data, args.data_dir, args.val_size)
     seed_everything(args.seed)
     model = models.create(args.arch, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
+    init = _load_init(args.init, model, args.arch, splits.num_classes) if args.init else None
     print(f"training {args.arch} on {args.data}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images")
     result = fit(model, splits, config, resume_path=out.with_name(out.name + ".partial"), progress=not args.no_progress)
     test_acc = evaluate(model, splits.test)
@@ -132,9 +136,29 @@ def cmd_train(args: argparse.Namespace) -> None:
         "test_accuracy": test_acc, "val_accuracy": result.best_val_accuracy, "train_seconds": result.seconds,
         "seed": args.seed, "config": vars(config), "history": result.history, "versions": versions(),
     }
+    if init is not None:
+        meta["init"] = init
     save_model(out, model, args.arch, splits.num_classes, meta, in_channels=splits.input_shape[0])
     out.with_name(out.name + ".partial").unlink(missing_ok=True)
     print(f"test accuracy {test_acc:.2f}%  (best val {result.best_val_accuracy:.2f}%, {result.seconds / 60:.1f} min) -> {out}")
+
+
+def _load_init(path: str, model, arch: str, num_classes: int) -> dict:
+    """Copy a dense checkpoint's weights into ``model``; return what the new checkpoint records about it."""
+    from autoprune.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    if ckpt["arch"] != arch or ckpt["num_classes"] != num_classes:
+        raise AutopruneError(f"--init {path} holds {ckpt['arch']} with {ckpt['num_classes']} classes, "
+                             f"not {arch} with {num_classes}; pass a checkpoint of the same model")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise AutopruneError(f"--init {path} does not fit a dense {arch} (is it a pruned model?): "
+                             f"{str(exc).splitlines()[0]}") from None
+    meta = ckpt.get("meta", {})
+    epochs = meta.get("config", {}).get("epochs", 0) + meta.get("init", {}).get("epochs", 0)
+    return {"path": path, "test_accuracy": meta.get("test_accuracy"), "epochs": epochs}
 
 
 def main(argv: list[str] | None = None) -> int:

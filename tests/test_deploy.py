@@ -72,20 +72,22 @@ def test_torchscript_matches_pytorch(pruned_small, digits, tmp_path):
     assert evaluate_file(path, "digits") == pytest.approx(evaluate(model, digits.test))
 
 
-def test_quantize_is_3x_smaller_where_weights_dominate(digits, tmp_path):
-    # ResNet-20 (0.27M parameters): fp32 weights are ~98% of the ONNX file, int8 stores them in a quarter;
-    # per-channel scales, int32 biases and the QDQ graph bring the ratio to ~3.3x.
+def test_quantize_is_3_5x_smaller_where_weights_dominate(digits, tmp_path):
+    # ResNet-20 (0.27M parameters): fp32 weights are ~98% of the ONNX file and int8 stores them in a quarter;
+    # per-channel scales, int32 biases and the (compacted) QDQ graph bring the ratio to ~3.7x.
     model = models.create("resnet20").eval()
-    result = quantize(model, digits, tmp_path / "r20.int8.onnx", calib_batches=2, progress=False)
-    assert result.size_ratio >= 3.0
-    assert open_model(result.path).precision == "int8"
-    assert 0 <= evaluate_file(result.path, digits.test) <= 100
+    result = quantize(model, digits, tmp_path / "r20.int8.onnx", calib_batches=2, progress=False,
+                      meta={"history": [{"epoch": i, "loss": 1.0} for i in range(100)]})
+    assert result.size_ratio >= 3.5
+    mf = open_model(result.path)
+    assert mf.precision == "int8" and "history" not in mf.meta  # the training log stays in the .pt file
+    assert evaluate_file(result.path, digits.test) == pytest.approx(result.int8_accuracy)
 
 
 def test_ptq_keeps_accuracy_of_a_small_model(int8_small, digits):
     result, path = int8_small
-    # smallcnn has 34k parameters: graph, per-channel scales and int32 biases weigh relatively more (~2.9x)
-    assert result.size_ratio >= 2.5
+    # smallcnn has 34k parameters: graph, per-channel scales and int32 biases weigh relatively more (~3.4x)
+    assert result.size_ratio >= 3.0
     assert result.int8_accuracy >= result.fp32_accuracy - 3
     assert evaluate_file(path, digits.test) == pytest.approx(result.int8_accuracy)
     assert open_model(path).meta["quantization"]["method"] == "ptq"

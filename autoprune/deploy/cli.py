@@ -121,7 +121,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(f"{'':12} {'ONNX size (bytes)':>18} {'test accuracy':>14}")
     print(f"{'fp32':12} {r.fp32_bytes:>18,} {r.fp32_accuracy:>13.2f}%")
     print(f"{'int8 ' + r.method:12} {r.int8_bytes:>18,} {r.int8_accuracy:>13.2f}%")
-    print(f"{r.size_ratio:.2f}x smaller, {r.calibration_images} calibration images, {r.seconds:.0f}s -> {args.out}")
+    source_bytes = Path(args.model).stat().st_size
+    print(f"{r.size_ratio:.2f}x smaller than the fp32 ONNX graph, {source_bytes / r.int8_bytes:.2f}x smaller than "
+          f"{Path(args.model).name} ({source_bytes:,} bytes); {r.calibration_images} calibration images, "
+          f"{r.seconds:.0f}s -> {args.out}")
 
 
 @command("bench")

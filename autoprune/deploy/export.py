@@ -26,6 +26,13 @@ from autoprune.utils import atomic_path
 FORMATS = ("onnx", "torchscript")
 OPSET = 17  # QuantizeLinear/DequantizeLinear with per-channel axes need >= 13
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# Checkpoint metadata left out of exported files: the per-epoch training log is kilobytes of JSON
+# that a deployed model does not need (it stays in the .pt file) and that would blur size ratios.
+_NOT_EXPORTED = ("history",)
+
+
+def export_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (meta or {}).items() if k not in _NOT_EXPORTED}
 
 
 def check_format(fmt: str) -> str:
@@ -74,7 +81,7 @@ def set_onnx_meta(proto: Any, meta: dict[str, Any]) -> None:
     for prop in [p for p in proto.metadata_props if p.key == META_KEY]:
         proto.metadata_props.remove(prop)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta, default=str)
+    entry.key, entry.value = META_KEY, json.dumps(export_meta(meta), default=str)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], meta: dict[str, Any] | None = None) -> None:
@@ -85,7 +92,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: Sequence
 def export_torchscript(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
                        meta: dict[str, Any] | None = None) -> None:
     """Trace the model (tracing handles every zoo and torchvision model; scripting does not)."""
-    extra = {META_KEY: json.dumps({**(meta or {}), "input_shape": list(input_shape), "format": "torchscript",
+    extra = {META_KEY: json.dumps({**export_meta(meta), "input_shape": list(input_shape), "format": "torchscript",
                                    "precision": "fp32"}, default=str)}
     with _inference(model):
         traced = torch.jit.trace(model, _example(input_shape), check_trace=False)

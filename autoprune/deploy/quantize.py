@@ -120,6 +120,7 @@ def quantize(
     int8_acc = evaluate_file(mf, splits.test)
     fp32_acc = evaluate(model, splits.test)
     proto = onnx.load_model_from_string(int8)
+    compact_graph(proto)
     set_onnx_meta(proto, {**meta, "input_shape": list(splits.input_shape), "format": "onnx", "precision": "int8",
                           "quantization": quant_info, "test_accuracy": int8_acc, "fp32_test_accuracy": fp32_acc})
     data = proto.SerializeToString()
@@ -127,6 +128,31 @@ def quantize(
         tmp.write_bytes(data)
     return QuantizeResult(method, path, len(fp32), len(data), fp32_acc, int8_acc, quant_info["calibration_images"],
                           time.perf_counter() - t0, qat)
+
+
+def compact_graph(proto: onnx.ModelProto) -> None:
+    """Shorten every internal tensor name and drop node names and intermediate shape annotations.
+
+    The quantizer names tensors after the exporter's paths plus suffixes (``/layer1/layer1.0/conv1/
+    Conv_output_0_QuantizeLinear_Output``); for a small CNN those strings are ~15% of the int8 file.
+    The graph's input and output keep their names, so callers see no difference.
+    """
+    graph = proto.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if name in keep:
+            return name
+        return short.setdefault(name, format(len(short), "x"))
+
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    del graph.value_info[:]
 
 
 def _quantize_static(fp32: bytes, batches: list[np.ndarray]) -> bytes:
