@@ -61,7 +61,7 @@ def test_random_episodes_always_meet_the_budget(env):
 def test_offset_actions_are_centred_on_the_uniform_strategy(env):
     _, _, info = run_episode(env, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
     uniform = env.space.uniform(0.5, env.min_keep)
-    np.testing.assert_allclose(info["strategy"], env.space.keep_counts(uniform) / env.space.channels)
+    np.testing.assert_allclose(info["strategy"], env.space.fill(uniform, 0.5))
     for ratio in (0.1, 0.3, env.episode.uniform_ratio, 0.9, 1.0):
         assert env.episode.keep_ratio(env.episode.action_for(ratio)) == pytest.approx(ratio)
 
@@ -146,3 +146,18 @@ def test_round_to_env_meets_the_budget_with_multiples(trained_small, digits):
         _, _, info = run_episode(env, seed=i)
         assert info["achieved_flops_ratio"] <= info["target"] + 1e-12
         assert all(c % 8 == 0 or c == full for c, full in zip(info["kept_channels"], env.space.channels))
+
+
+def test_fill_budget_ends_episodes_closer_to_the_target(trained_small, digits, env):
+    model, _ = trained_small
+    unfilled = ChannelPruningEnv(model=model, splits=digits, fill_budget=False, space=env.space)
+    gaps = {True: [], False: []}
+    for fill, e in ((True, env), (False, unfilled)):
+        e.action_space.seed(3)
+        for i in range(40):
+            target = 0.2 + 0.7 * i / 39
+            _, _, info = run_episode(e, seed=i, target=target)
+            assert info["achieved_flops_ratio"] <= target + 1e-12
+            gaps[fill].append(target - info["achieved_flops_ratio"])
+    assert np.mean(gaps[True]) < 0.5 * np.mean(gaps[False])
+    assert max(gaps[True]) <= 0.02  # one channel of the first group is ~2% of this tiny model

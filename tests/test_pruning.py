@@ -160,6 +160,29 @@ def test_uniform_meets_the_target(spaces, target):
     assert space.flops_ratio(np.minimum(strategy + 0.03, 1)) > target - 0.05
 
 
+@pytest.mark.parametrize("target", [0.25, 0.5, 0.8])
+def test_fill_spends_the_budget_without_dropping_channels(spaces, target):
+    _, space = spaces["resnet56"]
+    rng = np.random.default_rng(int(target * 100))
+    for _ in range(5):
+        strategy = rng.uniform(0.1, 1, space.num_groups)
+        while space.flops_ratio(strategy) > target:  # an arbitrary strategy under the budget
+            strategy *= 0.95
+        filled = space.fill(strategy, target)
+        assert np.all(space.keep_counts(filled) >= space.keep_counts(strategy))
+        assert target - 0.005 <= space.flops_ratio(filled) <= target
+    over = np.ones(space.num_groups)
+    np.testing.assert_array_equal(space.fill(over, target), over)
+
+
+def test_fill_with_coarse_channel_steps():
+    space = PruningSpace(models.create("resnet20").eval(), X[:1], round_to=8)
+    uniform = space.uniform(0.5)  # 8 of 16 channels, 16 of 32 ...: FLOPs ratio ~0.45
+    filled = space.fill(uniform, 0.5)
+    assert space.flops_ratio(uniform) < 0.46 and 0.48 <= space.flops_ratio(filled) <= 0.5
+    assert all(c % 8 == 0 or c == full for c, full in zip(space.keep_counts(filled), space.channels))
+
+
 def test_bad_strategies_and_targets_are_clear_errors(spaces):
     _, space = spaces["smallcnn"]
     with pytest.raises(AutopruneError, match="4 keep ratios"):

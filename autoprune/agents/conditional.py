@@ -33,6 +33,7 @@ class SearchConfig:
     min_keep: float = 0.1
     action_mode: str = "offset"
     round_to: int = 1
+    fill_budget: bool = True  # spend what the action wall leaves of the budget (ChannelPruningEnv)
     proxy_images: int | None = None
     gamma: float = 1.0
     learning_rate: float = 1e-3
@@ -92,13 +93,15 @@ def search(
     env = ChannelPruningEnv(model=model, splits=splits, data=data or meta_in.get("dataset"), data_dir=data_dir,
                             val_size=val_size or meta_in.get("val_size"), criterion=config.criterion,
                             target_range=(config.target_low, config.target_high), min_keep=config.min_keep,
-                            reward=config.reward, proxy_images=config.proxy_images, action_mode=config.action_mode, round_to=config.round_to)
+                            reward=config.reward, proxy_images=config.proxy_images, action_mode=config.action_mode, round_to=config.round_to,
+                            fill_budget=config.fill_budget)
     space = env.space
     meta = {
         "format": POLICY_FORMAT, "agent": config.agent, "arch": arch, "num_classes": num_classes,
         "input_shape": list(env.splits.input_shape), "base_fingerprint": fingerprint(model), "groups": group_signature(space),
         "criterion": config.criterion, "target_range": [config.target_low, config.target_high], "min_keep": config.min_keep,
-        "action_mode": config.action_mode, "round_to": config.round_to, "tolerance": env.episode.tolerance, "reward": config.reward, "dataset": env.splits.train.name,
+        "action_mode": config.action_mode, "round_to": config.round_to,
+        "fill_budget": config.fill_budget, "tolerance": env.episode.tolerance, "reward": config.reward, "dataset": env.splits.train.name,
         "val_size": env.splits.val_size, "proxy_images": env.proxy.num_images,
         "checkpoint": str(checkpoint) if checkpoint else None, "seed": config.seed,
         "config": asdict(config), "versions": versions(),

@@ -92,7 +92,8 @@ class ConditionalPolicy:
         if self.space is None:
             raise AutopruneError("the policy is not bound to its base model: load it with load_policy(dir, checkpoint=...)"
                                  " or call policy.prune(model, target)")
-        return StrategyEpisode(self.space, self.meta["min_keep"], self.meta["tolerance"], self.meta.get("action_mode", "absolute"))
+        return StrategyEpisode(self.space, self.meta["min_keep"], self.meta["tolerance"], self.meta.get("action_mode", "absolute"),
+                               self.meta.get("fill_budget", False))  # policies saved before the option did not fill
 
     def _check_target(self, target: float, allow_extrapolation: bool) -> float:
         target = check_target(target)

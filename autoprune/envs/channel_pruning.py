@@ -83,7 +83,11 @@ class ChannelPruningEnv(gym.Env):
 
     Rule: achieved FLOPs ratio <= target, and >= target - tolerance (0.02) whenever one channel of the
     last group changes the FLOPs by less than the tolerance (true for ResNet/VGG/MobileNet on CIFAR;
-    very small models may land further below the target, never above it).
+    very small models may land further below the target, never above it). With ``fill_budget``
+    (default) the finished strategy then spends what the wall left unused: every group's pruned
+    fraction shrinks by one common factor (and single channel steps go to the most-pruned groups)
+    while the FLOPs ratio stays <= target, so the episode ends as close to the target as the channel
+    granularity allows.
 
     ## Reward
     0 until the last step; then one of ``REWARDS`` (``reward=``):
@@ -117,6 +121,7 @@ class ChannelPruningEnv(gym.Env):
     - ``tolerance``: how far below the target the strategy may end (default 0.02).
     - ``action_mode``: ``"offset"`` (default) or ``"absolute"``, see Action.
     - ``round_to``: keep channel counts that are multiples of this (default 1: any count).
+    - ``fill_budget``: spend the budget the action wall leaves unused (default True), see Action.
     - ``space``: a prebuilt ``PruningSpace`` of the model, to share between environments.
     """
 
@@ -140,6 +145,7 @@ class ChannelPruningEnv(gym.Env):
         tolerance: float = 0.02,
         action_mode: str = "offset",
         round_to: int = 1,
+        fill_budget: bool = True,
         space: PruningSpace | None = None,
     ) -> None:
         super().__init__()
@@ -170,7 +176,7 @@ class ChannelPruningEnv(gym.Env):
         # Importance is a property of the base model: computed once, not per episode.
         self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
         self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches)
-        self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode)
+        self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode, fill_budget)
         if self.episode.floor > low:
             raise AutopruneError(f"the lowest target {low:g} cannot be met on this model: with every group at "
                                  f"min_keep={min_keep:g} it keeps {self.episode.floor:.3f} of the FLOPs")

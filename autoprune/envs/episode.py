@@ -23,7 +23,7 @@ class StrategyEpisode:
     """Builds a strategy group by group for a target, clamping every decision by the action wall."""
 
     def __init__(self, space: PruningSpace, min_keep: float = 0.1, tolerance: float = 0.02,
-                 action_mode: str = "offset") -> None:
+                 action_mode: str = "offset", fill_budget: bool = True) -> None:
         if not 0 < min_keep <= 1:
             raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
         if action_mode not in ACTION_MODES:
@@ -32,6 +32,7 @@ class StrategyEpisode:
         self.space = space
         self.min_keep = float(min_keep)
         self.tolerance = float(tolerance)
+        self.fill_budget = bool(fill_budget)
         self.min_counts = space.keep_counts(np.full(space.num_groups, float(min_keep)))
         self.floor = space.min_flops_ratio(min_keep)
         self.features = self._static_features()
@@ -94,6 +95,9 @@ class StrategyEpisode:
         wanted = int(np.clip(np.floor(self.keep_ratio(action) * channels + 0.5), self.min_counts[t], channels))
         self.counts[t] = self._action_wall(t, wanted)
         self.index += 1
+        if self.done and self.fill_budget:
+            # the wall may leave up to ``tolerance`` of the budget unused; give it back pro rata
+            self.counts = self.space.keep_counts(self.space.fill(self.strategy, self.target))
         return int(self.counts[t])
 
     def run(self, target: float, actions: np.ndarray) -> np.ndarray:

@@ -299,6 +299,48 @@ class PruningSpace:
                 hi = mid
         return np.full(self.num_groups, lo)
 
+    def fill(self, strategy: Sequence[float] | np.ndarray, target: float) -> np.ndarray:
+        """Spend the budget a strategy leaves unused: shrink every group's pruned fraction by one common
+        factor, as far as the FLOPs ratio stays at most ``target``.
+
+        The result keeps at least the channels ``strategy`` keeps in every group, preserves which groups
+        are pruned harder than others, and is returned as exact keep ratios (kept / channels). A
+        strategy already over ``target`` is returned unchanged (as exact ratios).
+        """
+        check_target(target)
+        kept = self.keep_counts(strategy)
+        ratios = kept / self.channels
+        if self.flops_of_counts(kept[:, None])[0] > target * self.dense_flops:
+            return ratios
+        pruned = 1.0 - ratios
+        lo, hi = 0.0, 1.0  # fraction of the pruning removed: 0 = strategy as given, 1 = dense
+        for _ in range(40):  # FLOPs grow monotonically as the pruning shrinks: bisect
+            mid = (lo + hi) / 2
+            if self.flops_ratio(1.0 - (1.0 - mid) * pruned) <= target:
+                lo = mid
+            else:
+                hi = mid
+        filled = np.maximum(self.keep_counts(1.0 - (1.0 - lo) * pruned), kept)
+        # A common factor moves in coarse steps with round_to > 1 (a 16-channel group keeps 8 or 16):
+        # hand single steps to the most-pruned groups while they fit.
+        limit = target * self.dense_flops
+        while True:
+            steps = np.array([self._next_count(g, n) for g, n in enumerate(filled)])
+            trials = np.tile(filled, (self.num_groups, 1)).T
+            np.fill_diagonal(trials, steps)
+            fits = (steps > filled) & (self.flops_of_counts(trials) <= limit)
+            if not fits.any():
+                return filled / self.channels
+            order = np.argsort(filled / self.channels, kind="stable")
+            g = order[fits[order]][0]
+            filled[g] = steps[g]
+
+    def _next_count(self, group: int, count: int) -> int:
+        """The next allowed count above ``count`` (``count`` itself when the group is whole)."""
+        allowed = self.allowed_counts(group)
+        above = allowed[allowed > count]
+        return int(above[0]) if len(above) else int(count)
+
     def importance(self, criterion: str = "l1", data: Iterable | None = None, refresh: bool = False) -> list[np.ndarray]:
         """Per-group channel scores (higher = keep), computed once per criterion and cached."""
         from autoprune.pruning.importance import create_criterion
