@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from autoprune.data import BatchLoader, DataSplits, load_splits
 from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode
-from autoprune.envs.proxy import AccuracyProxy
+from autoprune.envs.proxy import AccuracyProxy, ProxyResult
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
 
@@ -220,15 +220,8 @@ class ChannelPruningEnv(gym.Env):
         self._done = True
         counts = self.episode.counts.copy()
         strategy = counts / self.space.channels
-        t0 = time.perf_counter()
         timing = {"prune_s": 0.0}
-
-        def build() -> nn.Module:
-            model = self.space.apply(strategy, self.criterion)
-            timing["prune_s"] = time.perf_counter() - t0
-            return model
-
-        result = self.proxy(tuple(counts.tolist()), build)
+        result = self._score(counts, timing)
         flops = int(self.space.flops_of_counts(counts[:, None])[0])
         reward = float(REWARDS[self.reward_name](result.accuracy, flops, self.target, self))
         info = {
@@ -246,15 +239,31 @@ class ChannelPruningEnv(gym.Env):
         return obs, reward, True, False, info
 
     # ------------------------------------------------------------------ helpers
+    def _score(self, counts: np.ndarray, timing: dict[str, float] | None = None) -> ProxyResult:
+        """The proxy's result for a strategy given as kept channels, cached by those counts;
+        ``timing["prune_s"]`` receives the pruning time when the model has to be built."""
+
+        def build() -> nn.Module:
+            t0 = time.perf_counter()
+            model = self.space.apply(counts / self.space.channels, self.criterion)
+            if timing is not None:
+                timing["prune_s"] = time.perf_counter() - t0
+            return model
+
+        return self.proxy(tuple(counts.tolist()), build)
+
     def evaluate_strategy(self, strategy: np.ndarray) -> float:
         """Proxy accuracy of a strategy (keep ratios), through the same cache as episodes."""
-        counts = self.space.keep_counts(strategy)
-        return self.proxy(tuple(counts.tolist()), lambda: self.space.apply(counts / self.space.channels, self.criterion)).accuracy
+        return self._score(self.space.keep_counts(strategy)).accuracy
 
     def uniform_baseline(self, target: float) -> float:
         """Proxy accuracy of the uniform strategy at ``target`` rounded to 0.01 (cached)."""
         key = round(target, 2)
         if key not in self._baselines:
             floor = self.space.min_flops_ratio(self.min_keep)
-            self._baselines[key] = self.evaluate_strategy(self.space.uniform(max(key, floor), self.min_keep))
+            target = max(key, floor)
+            uniform = self.space.uniform(target, self.min_keep)
+            if self.episode.fill_budget:  # what an all-zero offset policy ends with
+                uniform = self.space.fill(uniform, target)
+            self._baselines[key] = self.evaluate_strategy(uniform)
         return self._baselines[key]
