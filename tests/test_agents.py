@@ -73,6 +73,8 @@ def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
     _, ckpt = trained_small
     config = SearchConfig(episodes=6, warmup_episodes=2, checkpoint_every=3)
     search(tmp_path, config, checkpoint=ckpt, progress=False)
+    sigma = json.loads((tmp_path / "resume" / "state.json").read_text())["noise_sigma"]
+    assert sigma == pytest.approx([0.5 * 0.99 ** 4])  # decayed once per episode after the 2 warm-up episodes
     with pytest.raises(AutopruneError, match="--resume"):
         search(tmp_path, config, checkpoint=ckpt, progress=False)
     with pytest.raises(AutopruneError, match="other base model or settings"):
@@ -80,6 +82,8 @@ def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
     config = SearchConfig(episodes=10, warmup_episodes=2, checkpoint_every=3)  # the same search, run longer
     policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
     assert policy.meta["episodes"] == 10
+    sigma = json.loads((tmp_path / "resume" / "state.json").read_text())["noise_sigma"]
+    assert sigma == pytest.approx([0.5 * 0.99 ** 8])  # the decay went on from where it stopped
     assert len(list(csv.DictReader(open(tmp_path / "progress.csv")))) == 10
 
 

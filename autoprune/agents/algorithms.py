@@ -13,6 +13,7 @@ Monte-Carlo returns (gamma = 1, GAE lambda = 1).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,18 +45,38 @@ class AgentSettings:
     seed: int = 0
 
 
-Builder = Callable[[gym.Env, AgentSettings, str | None], tuple[BaseAlgorithm, list[BaseCallback]]]
+Builder = Callable[[gym.Env, AgentSettings, str | None], BaseAlgorithm]
 AGENTS: Registry[Builder] = Registry("agent")
+ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC, "ppo": PPO}
 
 
 def list_agents() -> list[str]:
     return AGENTS.names()
 
 
-def create_agent(name: str, env: gym.Env, settings: AgentSettings, tensorboard: str | None = None
-                 ) -> tuple[BaseAlgorithm, list[BaseCallback]]:
-    """Build agent ``name`` on ``env``; returns the SB3 model and the callbacks its training needs."""
+def create_agent(name: str, env: gym.Env, settings: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
+    """Build a new agent ``name`` on ``env``."""
     return AGENTS.get(name)(env, settings, tensorboard)
+
+
+def load_agent(name: str, path: str | os.PathLike, env: gym.Env, noise_sigma: list[float] | None = None) -> BaseAlgorithm:
+    """Reload an agent saved with ``agent.save(path)`` to continue training it on ``env``; ``noise_sigma``
+    restores the exploration noise where it had decayed to (DDPG/TD3)."""
+    agent = ALGORITHM_CLASSES[name].load(path, env=env)
+    if noise_sigma is not None:
+        agent.action_noise = NormalActionNoise(np.zeros(len(noise_sigma)), np.asarray(noise_sigma, dtype=np.float64))
+    return agent
+
+
+def noise_sigma(agent: BaseAlgorithm) -> list[float] | None:
+    """The current sigma of the agent's Gaussian exploration noise (None for agents without one)."""
+    noise = getattr(agent, "action_noise", None)
+    return noise._sigma.tolist() if isinstance(noise, NormalActionNoise) else None
+
+
+def training_callbacks(agent: BaseAlgorithm, settings: AgentSettings) -> list[BaseCallback]:
+    """What the agent's training needs besides the search monitor: noise decay for noisy agents."""
+    return [ExplorationDecay(settings.noise_decay)] if noise_sigma(agent) is not None else []
 
 
 def _off_policy_kwargs(s: AgentSettings, tensorboard: str | None) -> dict[str, Any]:
@@ -67,32 +88,28 @@ def _off_policy_kwargs(s: AgentSettings, tensorboard: str | None) -> dict[str, A
     )
 
 
+def _noise(s: AgentSettings) -> NormalActionNoise:
+    return NormalActionNoise(np.zeros(1), np.full(1, s.noise_sigma))
+
+
 @AGENTS.register("ddpg")
-def build_ddpg(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
-    noise = NormalActionNoise(np.zeros(1), np.full(1, s.noise_sigma))
-    model = DDPG("MlpPolicy", env, action_noise=noise, **_off_policy_kwargs(s, tensorboard))
-    return model, [ExplorationDecay(noise, s.noise_decay)]
+def build_ddpg(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
+    return DDPG("MlpPolicy", env, action_noise=_noise(s), **_off_policy_kwargs(s, tensorboard))
 
 
 @AGENTS.register("td3")
-def build_td3(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
-    noise = NormalActionNoise(np.zeros(1), np.full(1, s.noise_sigma))
-    model = TD3("MlpPolicy", env, action_noise=noise, **_off_policy_kwargs(s, tensorboard))
-    return model, [ExplorationDecay(noise, s.noise_decay)]
+def build_td3(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
+    return TD3("MlpPolicy", env, action_noise=_noise(s), **_off_policy_kwargs(s, tensorboard))
 
 
 @AGENTS.register("sac")
-def build_sac(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
-    return SAC("MlpPolicy", env, **_off_policy_kwargs(s, tensorboard)), []
+def build_sac(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
+    return SAC("MlpPolicy", env, **_off_policy_kwargs(s, tensorboard))
 
 
 @AGENTS.register("ppo")
-def build_ppo(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> tuple[BaseAlgorithm, list[BaseCallback]]:
+def build_ppo(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
     episodes_per_update = 8
-    model = PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=episodes_per_update * s.steps_per_episode,
-                batch_size=s.steps_per_episode * 2, gamma=1.0, gae_lambda=1.0, n_epochs=10,
-                policy_kwargs={"net_arch": NET_ARCH}, tensorboard_log=tensorboard, seed=s.seed, verbose=0)
-    return model, []
-
-
-ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC, "ppo": PPO}
+    return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=episodes_per_update * s.steps_per_episode,
+               batch_size=s.steps_per_episode * 2, gamma=1.0, gae_lambda=1.0, n_epochs=10,
+               policy_kwargs={"net_arch": NET_ARCH}, tensorboard_log=tensorboard, seed=s.seed, verbose=0)

@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.noise import NormalActionNoise
 from tqdm import tqdm
 
 from autoprune.pruning import PruningSpace
@@ -48,15 +47,19 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
 
 
 class ExplorationDecay(BaseCallback):
-    """After warm-up, multiply the Gaussian action noise's sigma by ``decay`` after every episode (AMC)."""
+    """After warm-up, multiply the agent's Gaussian action noise sigma by ``decay`` after every episode (AMC).
 
-    def __init__(self, noise: NormalActionNoise, decay: float = 0.99, min_sigma: float = 0.02) -> None:
+    The noise is read from the agent at every step, so the callback also serves an agent loaded to resume.
+    """
+
+    def __init__(self, decay: float = 0.99, min_sigma: float = 0.02) -> None:
         super().__init__()
-        self.noise, self.decay, self.min_sigma = noise, decay, min_sigma
+        self.decay, self.min_sigma = decay, min_sigma
 
     def _on_step(self) -> bool:
+        noise = self.model.action_noise
         if bool(self.locals["dones"][0]) and self.num_timesteps > self.model.learning_starts:
-            self.noise._sigma = np.maximum(self.noise._sigma * self.decay, self.min_sigma)
+            noise._sigma = np.maximum(noise._sigma * self.decay, self.min_sigma)
         return True
 
 

@@ -8,12 +8,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch.nn as nn
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-from autoprune.agents.algorithms import ALGORITHM_CLASSES, AgentSettings, create_agent, list_agents
-from autoprune.agents.common import ExplorationDecay, SearchMonitor, fingerprint, group_signature, write_json
+from autoprune.agents.algorithms import (
+    AgentSettings,
+    create_agent,
+    list_agents,
+    load_agent,
+    noise_sigma,
+    training_callbacks,
+)
+from autoprune.agents.common import SearchMonitor, fingerprint, group_signature, write_json
 from autoprune.agents.policy import POLICY_FORMAT, ConditionalPolicy
 from autoprune.data import DataSplits
 from autoprune.envs import ChannelPruningEnv
@@ -110,30 +116,27 @@ def search(
                              gamma=config.gamma, learning_rate=config.learning_rate, noise_sigma=config.noise_sigma,
                              noise_decay=config.noise_decay, seed=config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    agent, callbacks = create_agent(config.agent, env, settings, tensorboard=str(out / "tb"))
     state = None
     if resume and (resume_dir / "agent.zip").exists():
         state = json.loads((resume_dir / "state.json").read_text())
         if state["meta"]["base_fingerprint"] != meta["base_fingerprint"] or _settings(state["meta"]["config"]) != _settings(meta["config"]):
             raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume")
-        agent = ALGORITHM_CLASSES[config.agent].load(resume_dir / "agent.zip", env=env)
+        agent = load_agent(config.agent, resume_dir / "agent.zip", env, state["noise_sigma"])
         if isinstance(agent, OffPolicyAlgorithm):
             agent.load_replay_buffer(resume_dir / "replay.pkl")
-        for cb in callbacks:
-            if isinstance(cb, ExplorationDecay):
-                cb.noise._sigma = np.asarray(state["noise_sigma"])
-                agent.action_noise = cb.noise
         agent.set_random_seed(config.seed + state["monitor"]["episodes"])
     elif resume:
         raise AutopruneError(f"nothing to resume in {out} (no resume/agent.zip)")
+    else:
+        agent = create_agent(config.agent, env, settings, tensorboard=str(out / "tb"))
+    callbacks = training_callbacks(agent, settings)
 
     def save(monitor: SearchMonitor) -> None:
         resume_dir.mkdir(parents=True, exist_ok=True)
         agent.save(resume_dir / "agent.zip")
         if isinstance(agent, OffPolicyAlgorithm):
             agent.save_replay_buffer(resume_dir / "replay.pkl")
-        sigma = next((cb.noise._sigma.tolist() for cb in callbacks if isinstance(cb, ExplorationDecay)), None)
-        write_json(resume_dir / "state.json", {"meta": meta, "monitor": monitor.state, "noise_sigma": sigma})
+        write_json(resume_dir / "state.json", {"meta": meta, "monitor": monitor.state, "noise_sigma": noise_sigma(agent)})
         final = dict(meta, episodes=monitor.state["episodes"], search_seconds=monitor.state["seconds"],
                      best_per_target_bin=monitor.state["best"])
         ConditionalPolicy(agent.policy, final).save(out)
