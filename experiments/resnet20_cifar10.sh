@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
 # The real-data result: one conditional search on ResNet-20 / CIFAR-10, then the policy against
-# uniform, global ranking and AMC (one search per target, same episode count) under the same
-# fine-tune budget. Both steps resume where they stopped when run again.
+# uniform and global ranking at five targets, and AMC (one search per target, the same episode count)
+# at the three targets 0.3 / 0.5 / 0.7, all under the same fine-tune budget. The AMC runs go in a
+# second process beside the policy's (one thread each); the two reports are then merged. Every step
+# resumes where it stopped when the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
 DATA=${DATA:-../shared/data/cifar10}
 EPISODES=${EPISODES:-400}
+PROXY=${PROXY:-1000}
 POLICY=${POLICY:-policies/resnet20-cifar10}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
+PY=${PY:-.venv/bin/python}
+FT=(--finetune-epochs 1 --seed 0)
 
-search=($AP search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.2:0.9 --episodes "$EPISODES"
-        --proxy-images 1000 --seed 0 --out "$POLICY" --no-progress)
-if [ -f "$POLICY/resume/state.json" ]; then
-    "${search[@]}" --resume          # continue an interrupted search
-elif [ ! -f "$POLICY/policy.json" ]; then
-    "${search[@]}"                   # a committed, finished policy is used as it is
-fi
+search=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.2:0.9 --episodes "$EPISODES"
+        --proxy-images "$PROXY" --seed 0 --out "$POLICY" --no-progress)
 
-resume=()
-[ -f "$REPORT/results.json" ] && resume=(--resume)
-$AP evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" \
-    --targets 0.3,0.42,0.5,0.63,0.7 --baselines uniform,global,amc --baseline-episodes "$EPISODES" \
-    --policy-best-of 8 --finetune-epochs 1 --seed 0 --out "$REPORT" "${resume[@]}"
+resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
+
+policy_run() {
+    if [ -f "$POLICY/resume/state.json" ]; then
+        "${search[@]}" --resume          # continue an interrupted search
+    elif [ ! -f "$POLICY/policy.json" ]; then
+        "${search[@]}"                   # a committed, finished policy is used as it is
+    fi
+    $AP --threads 1 evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" \
+        --targets 0.3,0.42,0.5,0.63,0.7 --baselines uniform,global --policy-best-of 8 "${FT[@]}" \
+        --out "$REPORT/runs/policy" $(resumable "$REPORT/runs/policy")
+}
+
+amc_run() {
+    $AP --threads 1 evaluate --checkpoint "$CKPT" --data-dir "$DATA" --proxy-images "$PROXY" \
+        --targets 0.3,0.5,0.7 --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" \
+        --out "$REPORT/runs/amc" $(resumable "$REPORT/runs/amc")
+}
+
+mkdir -p logs
+policy_run > logs/resnet20-policy.log 2>&1 & policy_pid=$!
+amc_run > logs/resnet20-amc.log 2>&1 & amc_pid=$!
+wait $policy_pid || { echo "policy run failed: see logs/resnet20-policy.log" >&2; exit 1; }
+wait $amc_pid || { echo "AMC run failed: see logs/resnet20-amc.log" >&2; exit 1; }
+$PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"

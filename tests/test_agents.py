@@ -176,3 +176,33 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(trained_small, tmp_path,
     monkeypatch.setattr(Env, "_finish", original)
     policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
     assert policy.meta["episodes"] == 8
+
+
+def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_small, tmp_path):
+    from autoprune.checkpoint import load_model, save_model
+    from experiments.merge_reports import main as merge_main
+
+    _, ckpt = trained_small
+    base = tmp_path / "base.pt"
+    base.write_bytes(ckpt.read_bytes())
+    common = ["evaluate", "--checkpoint", str(base), "--proxy-images", "100"]
+    uniform = [*common, "--targets", "0.4,0.6", "--baselines", "uniform", "--out", str(tmp_path / "a")]
+    assert main(uniform) == 0
+    assert main([*uniform, "--resume"]) == 0  # nothing left to compute: the rows are kept
+    assert len(json.loads((tmp_path / "a" / "results.json").read_text())["rows"]) == 2
+    assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "b")]) == 0
+
+    out = tmp_path / "merged"
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["method"], r["target"]) for r in rows] == [("uniform", 0.4), ("global", 0.5), ("uniform", 0.6)]
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(out)]) == 2  # duplicate rows
+
+    model, payload = load_model(base)  # retrained in place: same path, other weights
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    save_model(base, model, payload["arch"], payload["num_classes"], payload["meta"])
+    assert main([*uniform, "--resume"]) == 2
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "c")]) == 0
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(out)]) == 2  # another base model

@@ -157,6 +157,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from autoprune.agents.baselines import list_searchers
+    from autoprune.agents.common import fingerprint
     from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
     from autoprune.agents.policy import load_policy
     from autoprune.checkpoint import load_model
@@ -179,12 +180,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             fill_budget=policy.meta.get("fill_budget", False) if policy else True,
                             space=policy.space if policy else None)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
+    config["base_fingerprint"] = fingerprint(model)  # the same path may hold a retrained model
     done = []
     previous = Path(args.out) / "results.json"
     if args.resume and previous.exists():
         saved = json.loads(previous.read_text())
         if saved.get("config") != config:
-            raise AutopruneError(f"{previous} was written with other settings; use the same ones to --resume")
+            raise AutopruneError(f"{previous} was written with other settings or another base model; "
+                                 "use the same ones to --resume, or write to a new --out")
         done = saved["rows"]
         print(f"resuming: {len(done)} rows already in {previous}")
     rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr,

@@ -1,0 +1,68 @@
+"""Merge evaluation reports written by separate ``autoprune evaluate`` runs into one report.
+
+Expensive baselines (AMC: one search per target) can run in a second process beside the policy's
+run; this joins their rows. The runs must share the base model and the fine-tune budget, or the
+rows would not be comparable, and no (method, target) may appear twice.
+
+    python -m experiments.merge_reports docs/results/resnet20-cifar10/runs/policy \
+        docs/results/resnet20-cifar10/runs/amc --out docs/results/resnet20-cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autoprune.agents.evaluate import markdown_table, write_report
+from autoprune.errors import AutopruneError
+
+# What makes rows comparable across runs: the same base model, data, split and fine-tune budget.
+SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs", "lr", "seed", "criterion")
+
+
+def merge(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    loaded = []
+    for d in reports:
+        path = d / "results.json"
+        if not path.is_file():
+            raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {d}` first")
+        loaded.append(json.loads(path.read_text()))
+    first = loaded[0]["config"]
+    for d, report in zip(reports[1:], loaded[1:]):
+        differ = [k for k in SHARED if report["config"].get(k) != first.get(k)]
+        if differ:
+            raise AutopruneError(f"{d} differs from {reports[0]} in {', '.join(differ)}: its rows are not comparable")
+    rows, seen = [], set()
+    for d, report in zip(reports, loaded):
+        for row in report["rows"]:
+            key = (row["method"], round(row["target"], 6))
+            if key in seen:
+                raise AutopruneError(f"{row['method']} at target {row['target']:g} appears in more than one report ({d})")
+            seen.add(key)
+            rows.append(row)
+    rows.sort(key=lambda r: (r["target"], r["method"] != "policy", r["method"]))
+    config = {"merged_from": {str(d): r["config"] for d, r in zip(reports, loaded)}}
+    return rows, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="report directories (each with results.json)")
+    parser.add_argument("--out", type=Path, required=True, help="directory of the merged report")
+    args = parser.parse_args(argv)
+    try:
+        rows, config = merge(args.reports)
+    except AutopruneError as exc:
+        print(f"merge_reports: error: {exc}", file=sys.stderr)
+        return 2
+    write_report(rows, args.out, config)
+    print(markdown_table(rows))
+    print(f"{len(rows)} rows from {len(args.reports)} reports -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
