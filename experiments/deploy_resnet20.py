@@ -60,9 +60,11 @@ def main(cfg: Config) -> None:
     models = {"base": {"file": cfg.checkpoint, "flops": count_flops(base, example), "params": count_params(base),
                        "val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test)}}
 
-    # prune: one keep ratio for every group, the largest whose FLOPs ratio is <= target
+    # prune: one keep ratio for every group, the largest whose FLOPs ratio is <= target; with channel
+    # counts in multiples of 8 that lands well under the target, so the budget fill spends the rest
     space = PruningSpace(base, example, round_to=cfg.round_to)
-    pruned = space.apply(space.uniform(cfg.target), cfg.criterion)
+    strategy = space.fill(space.uniform(cfg.target), cfg.target)
+    pruned = space.apply(strategy, cfg.criterion)
     flops_ratio = count_flops(pruned, example) / space.dense_flops
     no_ft = copy.deepcopy(pruned)
     recalibrate_bn(no_ft, (x for x, _ in BatchLoader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, max_batches=20)))
@@ -104,7 +106,8 @@ def main(cfg: Config) -> None:
                  repeats=cfg.repeats, threads=cfg.threads)
 
     pt_bytes = models[f"pruned + fine-tune ({best})"]["file_bytes"]
-    results = {"dataset": splits.train.name, "arch": arch, "achieved_flops_ratio": flops_ratio, "shipped": best,
+    results = {"dataset": splits.train.name, "arch": arch, "target": cfg.target, "achieved_flops_ratio": flops_ratio,
+               "kept_channels": space.keep_counts(strategy).tolist(), "shipped": best,
                "models": models,
                "quantization": {**q.summary(), "fp32_model_file_bytes": pt_bytes, "model_file_ratio": pt_bytes / q.int8_bytes}, "latency": rows}
     lines = ["| model | MFLOPs | params | file (KB) | val acc | test acc |", "|---|---|---|---|---|---|"]
@@ -112,7 +115,8 @@ def main(cfg: Config) -> None:
         size = f"{r['file_bytes'] / 1024:.0f}" if "file_bytes" in r else "—"
         val = f"{r['val_accuracy']:.2f}%" if "val_accuracy" in r else "—"
         lines.append(f"| {label} | {r['flops'] / 1e6:.2f} | {r['params']:,} | {size} | {val} | {r['test_accuracy']:.2f}% |")
-    md = (f"{arch} on {splits.train.name}, uniform pruning to FLOPs ratio {flops_ratio:.3f} ({cfg.criterion}), "
+    md = (f"{arch} on {splits.train.name}, pruned for target {cfg.target:g} (uniform keep ratio + budget fill, channel "
+          f"counts in multiples of {cfg.round_to}; FLOPs ratio {flops_ratio:.3f}, {cfg.criterion} criterion), "
           f"{cfg.finetune_epochs} fine-tuning epochs each, int8 {cfg.quant_method} (ONNX Runtime, "
           f"{q.calibration_images} calibration images). int8 file {q.int8_bytes / 1024:.0f} KB: "
           f"{pt_bytes / q.int8_bytes:.2f}x smaller than the fp32 model file ({pt_bytes / 1024:.0f} KB), "
