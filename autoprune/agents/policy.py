@@ -136,7 +136,8 @@ class ConditionalPolicy:
         for found in self.meta.get("best_per_target_bin", {}).values():
             strategy = np.asarray(found["strategy"])
             if target - tolerance <= self.space.flops_ratio(strategy) <= target + 1e-12:
-                candidates.append(strategy)
+                # found for a nearby target: spend this target's budget too, as the rollouts do
+                candidates.append(self.space.fill(strategy, target) if self.meta.get("fill_budget") else strategy)
         scores = [score(s) for s in candidates]
         best = int(np.argmax(scores))
         return candidates[best], scores[best], len(candidates)
