@@ -17,6 +17,7 @@ _LAZY = {
     "envs": "autoprune.envs",
     "save_model": "autoprune.checkpoint",
     "load_model": "autoprune.checkpoint",
+    "load_pruned": "autoprune.checkpoint",
     "search": "autoprune.agents.conditional",
     "SearchConfig": "autoprune.agents.conditional",
     "load_policy": "autoprune.agents.policy",
@@ -34,4 +35,4 @@ def __getattr__(name: str) -> Any:  # imported on first use, so `import autoprun
 
 
 __all__ = ["AutopruneError", "ConditionalPolicy", "PruningSpace", "SearchConfig", "__version__", "count_flops",
-           "count_params", "load_model", "load_policy", "models", "save_model", "search"]
+           "count_params", "load_model", "load_policy", "load_pruned", "models", "save_model", "search"]

@@ -84,6 +84,15 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     return model, payload
 
 
+def load_pruned(path: str | os.PathLike) -> nn.Module:
+    """The model stored in ``path`` -- pruned or dense -- rebuilt from its base architecture and per-layer
+    channel counts, weights loaded, in eval mode. Its metadata (target, FLOPs, accuracy, ...) is on
+    ``model.autoprune_meta``. Reads with ``torch.load(weights_only=True)``: no code in the file runs."""
+    model, payload = load_model(path)
+    model.autoprune_meta = dict(payload.get("meta", {}), arch=payload["arch"], num_classes=payload["num_classes"])
+    return model
+
+
 def restore_shapes(model: nn.Module, shapes: dict[str, dict[str, int]], state_dict: dict[str, torch.Tensor]) -> None:
     """Resize ``model``'s layers in place to the channel counts in ``shapes`` / tensors in ``state_dict``."""
     modules = dict(model.named_modules())

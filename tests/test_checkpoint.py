@@ -20,8 +20,9 @@ def test_pruned_model_round_trips_in_a_fresh_process(tmp_path):
     torch.save(x, tmp_path / "x.pt")
     expected = pruned(x)
     code = (
-        "import torch; from autoprune.checkpoint import load_model;"
-        f"m, p = load_model(r'{path}'); x = torch.load(r'{tmp_path / 'x.pt'}');"
+        "import torch, autoprune;"
+        f"m = autoprune.load_pruned(r'{path}'); x = torch.load(r'{tmp_path / 'x.pt'}');"
+        "assert m.autoprune_meta['target'] == 0.5 and m.autoprune_meta['arch'] == 'resnet20';"
         f"torch.save(m(x).detach(), r'{tmp_path / 'y.pt'}')"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
