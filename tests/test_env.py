@@ -161,3 +161,15 @@ def test_fill_budget_ends_episodes_closer_to_the_target(trained_small, digits, e
             gaps[fill].append(target - info["achieved_flops_ratio"])
     assert np.mean(gaps[True]) < 0.5 * np.mean(gaps[False])
     assert max(gaps[True]) <= 0.02  # one channel of the first group is ~2% of this tiny model
+
+
+def test_proxy_finetune_steps_train_the_pruned_model_before_scoring(trained_small, digits, env):
+    model, _ = trained_small
+    tuned = ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=5, space=env.space)
+    strategy = env.space.fill(env.space.uniform(0.3, env.min_keep), 0.3)
+    first = tuned.evaluate_strategy(strategy)
+    tuned.proxy.cache.clear()
+    assert tuned.evaluate_strategy(strategy) == first  # the same steps on the same batches: repeatable
+    assert first != env.evaluate_strategy(strategy)
+    with pytest.raises(AutopruneError, match="finetune_steps"):
+        ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=-1, space=env.space)

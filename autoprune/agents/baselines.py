@@ -177,7 +177,7 @@ class AMC(Searcher):
         config = SearchConfig(agent="ddpg", episodes=max(episodes, 2), target_low=target, target_high=target,
                               criterion=env.criterion, reward="accuracy", min_keep=env.min_keep,
                               action_mode=env.episode.action_mode, round_to=env.space.round_to,
-                              fill_budget=env.episode.fill_budget,
+                              fill_budget=env.episode.fill_budget, proxy_finetune_steps=env.proxy.finetune_steps,
                               proxy_images=env.proxy.num_images, seed=int(rng.integers(1 << 30)),
                               checkpoint_every=max(episodes, 2))
         with tempfile.TemporaryDirectory() as tmp:

@@ -37,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", default="relative", help="relative, accuracy or error_log_flops")
     p.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of this (e.g. 8)")
+    p.add_argument("--proxy-steps", type=int, default=0,
+                   help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
     p.add_argument("--no-fill-budget", action="store_true",
                    help="end episodes where the action wall leaves them, instead of spending the unused budget")
     p.add_argument("--seed", type=int, default=0)
@@ -69,6 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     data_args(p, default=None)
     p.add_argument("--criterion", help="importance criterion (default: the policy's, else l1)")
     p.add_argument("--proxy-images", type=int)
+    p.add_argument("--proxy-steps", type=int, help="SGD steps before the proxy scores (default: the policy's, else 0)")
     p.add_argument("--round-to", type=int, help="channel multiple for baselines (default: the policy's, else 1)")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
@@ -84,7 +87,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     low, high = parse_range(args.targets)
     config = SearchConfig(agent=args.agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
                           target_high=high, criterion=args.criterion, reward=args.reward, proxy_images=args.proxy_images,
-                          round_to=args.round_to, fill_budget=not args.no_fill_budget, seed=args.seed, checkpoint_every=args.checkpoint_every)
+                          round_to=args.round_to, fill_budget=not args.no_fill_budget,
+                          proxy_finetune_steps=args.proxy_steps, seed=args.seed, checkpoint_every=args.checkpoint_every)
     policy = search(args.out, config, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
                     val_size=args.val_size, resume=args.resume, progress=not args.no_progress)
     print(f"policy saved to {args.out}: {policy.meta['episodes']} episodes in {policy.meta['search_seconds'] / 60:.1f} min")
@@ -178,6 +182,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             (policy.meta.get("proxy_images") if policy else None),
                             round_to=args.round_to or (policy.meta.get("round_to", 1) if policy else 1),
                             fill_budget=policy.meta.get("fill_budget", False) if policy else True,
+                            proxy_finetune_steps=args.proxy_steps if args.proxy_steps is not None else
+                            (policy.meta.get("proxy_finetune_steps", 0) if policy else 0),
                             space=policy.space if policy else None)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
     config["base_fingerprint"] = fingerprint(model)  # the same path may hold a retrained model

@@ -41,6 +41,7 @@ class SearchConfig:
     round_to: int = 1
     fill_budget: bool = True  # spend what the action wall leaves of the budget (ChannelPruningEnv)
     proxy_images: int | None = None
+    proxy_finetune_steps: int = 0  # SGD steps before the proxy scores a strategy (ChannelPruningEnv)
     gamma: float = 1.0
     learning_rate: float = 1e-3
     noise_sigma: float = 0.5
@@ -100,7 +101,7 @@ def search(
                             val_size=val_size or meta_in.get("val_size"), criterion=config.criterion,
                             target_range=(config.target_low, config.target_high), min_keep=config.min_keep,
                             reward=config.reward, proxy_images=config.proxy_images, action_mode=config.action_mode, round_to=config.round_to,
-                            fill_budget=config.fill_budget)
+                            fill_budget=config.fill_budget, proxy_finetune_steps=config.proxy_finetune_steps)
     space = env.space
     meta = {
         "format": POLICY_FORMAT, "agent": config.agent, "arch": arch, "num_classes": num_classes,
@@ -109,6 +110,7 @@ def search(
         "action_mode": config.action_mode, "round_to": config.round_to,
         "fill_budget": config.fill_budget, "tolerance": env.episode.tolerance, "reward": config.reward, "dataset": env.splits.train.name,
         "val_size": env.splits.val_size, "proxy_images": env.proxy.num_images,
+        "proxy_finetune_steps": config.proxy_finetune_steps,
         "checkpoint": str(checkpoint) if checkpoint else None, "seed": config.seed,
         "config": asdict(config), "versions": versions(),
     }

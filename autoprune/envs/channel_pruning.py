@@ -122,6 +122,8 @@ class ChannelPruningEnv(gym.Env):
     - ``action_mode``: ``"offset"`` (default) or ``"absolute"``, see Action.
     - ``round_to``: keep channel counts that are multiples of this (default 1: any count).
     - ``fill_budget``: spend the budget the action wall leaves unused (default True), see Action.
+    - ``proxy_finetune_steps``: SGD steps (batches of 64 training images, lr 0.01) on the pruned model
+      before the proxy scores it (default 0: adaptive BN only). Costs about one training step each.
     - ``space``: a prebuilt ``PruningSpace`` of the model, to share between environments.
     """
 
@@ -146,6 +148,7 @@ class ChannelPruningEnv(gym.Env):
         action_mode: str = "offset",
         round_to: int = 1,
         fill_budget: bool = True,
+        proxy_finetune_steps: int = 0,
         space: PruningSpace | None = None,
     ) -> None:
         super().__init__()
@@ -175,7 +178,7 @@ class ChannelPruningEnv(gym.Env):
         self.space = space if space is not None else PruningSpace(model, example, round_to=round_to)
         # Importance is a property of the base model: computed once, not per episode.
         self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
-        self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches)
+        self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches, finetune_steps=proxy_finetune_steps)
         self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode, fill_budget)
         if self.episode.floor > low:
             raise AutopruneError(f"the lowest target {low:g} cannot be met on this model: with every group at "

@@ -1,5 +1,7 @@
 """The accuracy proxy: accuracy of a pruned model on the held-out validation split of the training set,
-after adaptive BN (BN statistics re-estimated on a few fixed training batches)."""
+after adaptive BN (BN statistics re-estimated on a few fixed training batches) and, optionally, a few
+SGD steps on training batches (``finetune_steps``): a cheap stand-in for the recovery fine-tune whose
+result the search is really after."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from autoprune.data import BatchLoader, DataSplits
 from autoprune.errors import AutopruneError
@@ -28,7 +31,8 @@ class AccuracyProxy:
     """Scores pruned models; results are cached by the strategy's kept-channel counts."""
 
     def __init__(self, splits: DataSplits, num_images: int | None = None, adaptive_bn: bool = True,
-                 calib_batches: int = 4, batch_size: int = 256, cache_size: int = 20000) -> None:
+                 calib_batches: int = 4, batch_size: int = 256, cache_size: int = 20000, finetune_steps: int = 0,
+                 finetune_lr: float = 0.01, finetune_batch_size: int = 64) -> None:
         n_val = len(splits.val)
         num_images = n_val if num_images is None else num_images
         if num_images > n_val:
@@ -44,6 +48,10 @@ class AccuracyProxy:
         calib = BatchLoader(splits.train, min(batch_size, len(splits.train)), shuffle=True, seed=0, max_batches=calib_batches)
         self.calib_batches = [x for x, _ in calib] if adaptive_bn else []
         self.adaptive_bn = adaptive_bn
+        if finetune_steps < 0:
+            raise AutopruneError(f"finetune_steps must be >= 0, got {finetune_steps}")
+        self.finetune_steps, self.finetune_lr, self.finetune_batch_size = finetune_steps, finetune_lr, finetune_batch_size
+        self._train = splits.train
         self.cache: OrderedDict[tuple[int, ...], float] = OrderedDict()
         self.cache_size = cache_size
         self.forward_seconds_total = 0.0  # all forward passes so far (episodes and baselines)
@@ -67,9 +75,25 @@ class AccuracyProxy:
         model = model.to(memory_format=torch.channels_last)
         if self.adaptive_bn:
             recalibrate_bn(model, self.calib_batches)
+        if self.finetune_steps:
+            self._adapt(model)
         model.eval()
         correct = 0
         with torch.inference_mode():
             for x, y in self.val_batches:
                 correct += (model(x).argmax(1) == y).sum().item()
         return correct / self.num_images
+
+    def _adapt(self, model: nn.Module) -> None:
+        """``finetune_steps`` SGD steps on augmented training batches; the same batches for every
+        strategy (a fresh loader with a fixed seed), so scores stay comparable and cacheable."""
+        loader = BatchLoader(self._train, self.finetune_batch_size, shuffle=True, augment=True, drop_last=True, seed=1,
+                             max_batches=self.finetune_steps)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
+        model.train()
+        with torch.enable_grad():
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
