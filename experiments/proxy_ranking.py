@@ -46,7 +46,9 @@ def main(cfg: Config) -> None:
     proxies = {n: AccuracyProxy(env.splits, cfg.proxy_images, finetune_steps=n) for n in steps}
     for row in rows:
         t0 = time.perf_counter()
-        strategy = np.asarray(row["strategy"])
+        # exact channel counts where the report has them: ratios rounded to 4 places can round a count differently
+        strategy = (np.asarray(row["kept_channels"]) / env.space.channels if "kept_channels" in row
+                    else np.asarray(row["strategy"]))
         row["proxies"] = {str(n): p.score(env.space.apply(strategy, env.criterion)) for n, p in proxies.items()}
         print(f"{row['method']:>8} {row['target']:.2f}: " + "  ".join(f"{n} steps {v:.3f}" for n, v in row["proxies"].items())
               + f"  fine-tuned {row['finetuned_test_accuracy']:.2f}%  [{time.perf_counter() - t0:.0f}s]", flush=True)

@@ -87,7 +87,8 @@ def evaluate_methods(
             row = {"method": name, "target": float(target), "achieved_flops_ratio": space.flops_ratio(strategy),
                    "params": count_params(pruned), "proxy_accuracy": env.evaluate_strategy(strategy),
                    "test_accuracy": evaluate(pruned, splits.test), "finetuned_test_accuracy": None,
-                   "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist()}
+                   "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist(),
+                   "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be
             if finetune_epochs > 0:
                 config = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, schedule="cosine", seed=seed)
                 fit(pruned, splits, config, progress=False, log=lambda s: None)
@@ -151,10 +152,11 @@ def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, config:
     payload = {"config": config, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     write_text_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "strategy"])
+    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "strategy", "kept_channels"], extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({**r, "strategy": " ".join(map(str, r["strategy"]))})
+        writer.writerow({**r, "strategy": " ".join(map(str, r["strategy"])),
+                         "kept_channels": " ".join(map(str, r.get("kept_channels", [])))})
     write_text_atomic(out / "results.csv", buf.getvalue())
     write_text_atomic(out / "results.md", markdown_table(rows) + "\n")
     pareto_plot(rows, out / "pareto.png")
