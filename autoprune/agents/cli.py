@@ -191,7 +191,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     previous = Path(args.out) / "results.json"
     if args.resume and previous.exists():
         saved = json.loads(previous.read_text())
-        if saved.get("config") != config:
+        saved_config = saved.get("config", {})
+        # an option added in a later version reads as its default (None) in older reports
+        if any(saved_config.get(k) != config.get(k) for k in {*saved_config, *config}):
             raise AutopruneError(f"{previous} was written with other settings or another base model; "
                                  "use the same ones to --resume, or write to a new --out")
         done = saved["rows"]
