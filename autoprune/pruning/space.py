@@ -8,7 +8,7 @@ channel maps to -- so ``apply`` replays the plan on a copy of the model without 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,20 +288,27 @@ class PruningSpace:
         if self.min_flops_ratio(min_keep) > target:
             raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio this model reaches "
                                  f"({self.min_flops_ratio(min_keep):.4f}) with keep ratio {min_keep:g}")
-        lo, hi = min_keep, 1.0
-        if self.flops_ratio(np.full(self.num_groups, hi)) <= target:
-            return np.full(self.num_groups, hi)
-        for _ in range(50):  # FLOPs grow monotonically with the ratio: bisect
+        ratio = self._largest_within(lambda a: np.full(self.num_groups, min_keep + a * (1.0 - min_keep)), target)
+        return np.full(self.num_groups, min_keep + ratio * (1.0 - min_keep))
+
+    def _largest_within(self, make: Callable[[float], np.ndarray], target: float, steps: int = 50) -> float:
+        """The largest ``a`` in [0, 1] with ``flops_ratio(make(a)) <= target``, for ``make`` whose FLOPs
+        grow with ``a`` (bisection; 0 when even ``make(0)`` is over)."""
+        if self.flops_ratio(make(1.0)) <= target:
+            return 1.0
+        lo, hi = 0.0, 1.0
+        for _ in range(steps):
             mid = (lo + hi) / 2
-            if self.flops_ratio(np.full(self.num_groups, mid)) <= target:
+            if self.flops_ratio(make(mid)) <= target:
                 lo = mid
             else:
                 hi = mid
-        return np.full(self.num_groups, lo)
+        return lo
 
     def fill(self, strategy: Sequence[float] | np.ndarray, target: float) -> np.ndarray:
         """Spend the budget a strategy leaves unused: shrink every group's pruned fraction by one common
-        factor, as far as the FLOPs ratio stays at most ``target``.
+        factor, as far as the FLOPs ratio stays at most ``target``; then hand single channel steps to
+        the most-pruned groups while they still fit (what a common factor cannot do with round_to > 1).
 
         The result keeps at least the channels ``strategy`` keeps in every group, preserves which groups
         are pruned harder than others, and is returned as exact keep ratios (kept / channels). A
@@ -313,14 +320,9 @@ class PruningSpace:
         if self.flops_of_counts(kept[:, None])[0] > target * self.dense_flops:
             return ratios
         pruned = 1.0 - ratios
-        lo, hi = 0.0, 1.0  # fraction of the pruning removed: 0 = strategy as given, 1 = dense
-        for _ in range(40):  # FLOPs grow monotonically as the pruning shrinks: bisect
-            mid = (lo + hi) / 2
-            if self.flops_ratio(1.0 - (1.0 - mid) * pruned) <= target:
-                lo = mid
-            else:
-                hi = mid
-        filled = np.maximum(self.keep_counts(1.0 - (1.0 - lo) * pruned), kept)
+        # a = the fraction of every group's pruning given back: 0 = the strategy as given, 1 = dense
+        a = self._largest_within(lambda a: 1.0 - (1.0 - a) * pruned, target, steps=40)
+        filled = np.maximum(self.keep_counts(1.0 - (1.0 - a) * pruned), kept)
         # A common factor moves in coarse steps with round_to > 1 (a 16-channel group keeps 8 or 16):
         # hand single steps to the most-pruned groups while they fit.
         limit = target * self.dense_flops
