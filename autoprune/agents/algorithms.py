@@ -59,12 +59,12 @@ def create_agent(name: str, env: gym.Env, settings: AgentSettings, tensorboard: 
     return AGENTS.get(name)(env, settings, tensorboard)
 
 
-def load_agent(name: str, path: str | os.PathLike, env: gym.Env, noise_sigma: list[float] | None = None) -> BaseAlgorithm:
-    """Reload an agent saved with ``agent.save(path)`` to continue training it on ``env``; ``noise_sigma``
-    restores the exploration noise where it had decayed to (DDPG/TD3)."""
+def load_agent(name: str, path: str | os.PathLike, env: gym.Env, sigma: list[float] | None = None) -> BaseAlgorithm:
+    """Reload an agent saved with ``agent.save(path)`` to continue training it on ``env``; ``sigma``
+    (from ``noise_sigma`` at save time) restores the exploration noise where it had decayed to (DDPG/TD3)."""
     agent = ALGORITHM_CLASSES[name].load(path, env=env)
-    if noise_sigma is not None:
-        agent.action_noise = NormalActionNoise(np.zeros(len(noise_sigma)), np.asarray(noise_sigma, dtype=np.float64))
+    if sigma is not None:
+        agent.action_noise = NormalActionNoise(np.zeros(len(sigma)), np.asarray(sigma, dtype=np.float64))
     return agent
 
 
