@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--swa-epochs", type=int, default=0,
+                   help="after the schedule, average the weights over this many constant-lr epochs (SWA)")
+    p.add_argument("--swa-lr", type=float, default=0.05, help="learning rate during weight averaging")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same arch and classes) instead of a random init: "
@@ -123,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         models.MODELS.get(args.arch)  # fail fast on a typo, before loading any data
     out = Path(args.out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         schedule=args.schedule, label_smoothing=args.label_smoothing, seed=args.seed)
+                         schedule=args.schedule, label_smoothing=args.label_smoothing, seed=args.seed,
+                         swa_epochs=args.swa_epochs, swa_lr=args.swa_lr)
     splits = load_splits(args.data, args.data_dir, args.val_size)
     seed_everything(args.seed)
     model = models.create(args.arch, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
@@ -157,7 +161,8 @@ def _load_init(path: str, model, arch: str, num_classes: int) -> dict:
         raise AutopruneError(f"--init {path} does not fit a dense {arch} (is it a pruned model?): "
                              f"{str(exc).splitlines()[0]}") from None
     meta = ckpt.get("meta", {})
-    epochs = meta.get("config", {}).get("epochs", 0) + meta.get("init", {}).get("epochs", 0)
+    config = meta.get("config", {})
+    epochs = config.get("epochs", 0) + config.get("swa_epochs", 0) + meta.get("init", {}).get("epochs", 0)
     return {"path": path, "test_accuracy": meta.get("test_accuracy"), "epochs": epochs}
 
 

@@ -2,7 +2,10 @@
 
 One loop serves base training (``autoprune train``) and recovery fine-tuning (``autoprune prune
 --finetune-epochs`` / ``autoprune finetune``). Distillation uses Hinton et al.'s loss (2015): the KL
-divergence between temperature-softened teacher and student outputs, scaled by T^2.
+divergence between temperature-softened teacher and student outputs, scaled by T^2. Stochastic weight
+averaging (Izmailov et al., "Averaging Weights Leads to Wider Optima and Better Generalization", 2018)
+optionally follows the main schedule: a constant learning rate, the weights averaged once per epoch,
+then BatchNorm statistics re-estimated for the averaged weights.
 """
 
 from __future__ import annotations
@@ -41,10 +44,16 @@ class TrainConfig:
     distill_temperature: float = 4.0
     distill_alpha: float = 0.9  # weight of the distillation term when a teacher is given
     max_batches_per_epoch: int | None = None  # cap for quick runs (tests, demo)
+    swa_epochs: int = 0  # epochs of weight averaging after the main schedule (0: off)
+    swa_lr: float = 0.05  # constant learning rate during weight averaging
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise AutopruneError(f"epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0 or self.swa_epochs < 0:
+            raise AutopruneError(f"epochs must be >= 0, got {self.epochs} (+{self.swa_epochs} SWA)")
+        if self.epochs + self.swa_epochs < 1:
+            raise AutopruneError("nothing to train: give --epochs >= 1 or --swa-epochs >= 1")
+        if self.swa_lr <= 0:
+            raise AutopruneError(f"SWA learning rate must be > 0, got {self.swa_lr}")
         if self.batch_size < 1:
             raise AutopruneError(f"batch size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
@@ -134,8 +143,8 @@ def fit(
         (decay if p.ndim > 1 else no_decay).append(p)
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0}],
                                 lr=config.lr, momentum=config.momentum, nesterov=True)
-    total_steps = config.epochs * len(loader)
-    if config.schedule == "onecycle":
+    total_steps = max(config.epochs * len(loader), 1)
+    if config.schedule == "onecycle" and config.epochs > 0:
         scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15, div_factor=10, final_div_factor=100)
     else:
@@ -146,6 +155,7 @@ def fit(
     result = TrainResult()
     best_state = copy.deepcopy(model.state_dict())
     start_epoch = 0
+    swa = _WeightAverage() if config.swa_epochs else None
     if resume_path is not None and Path(resume_path).exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
         if state.get("config") != asdict(config):
@@ -156,14 +166,22 @@ def fit(
         loader.generator.set_state(state["loader_rng"])
         torch.set_rng_state(state["torch_rng"])
         best_state, start_epoch = state["best_model"], state["epoch"]
+        if swa is not None and state.get("swa") is not None:
+            swa.load_state_dict(state["swa"])
         result.history, result.best_val_accuracy, result.seconds = state["history"], state["best_val_accuracy"], state["seconds"]
         log(f"resuming from {resume_path} at epoch {start_epoch + 1}/{config.epochs}")
 
-    for epoch in range(start_epoch, config.epochs):
+    total_epochs = config.epochs + config.swa_epochs
+    for epoch in range(start_epoch, total_epochs):
         t0 = time.perf_counter()
         model.train()
+        averaging = epoch >= config.epochs
+        if averaging:
+            for group in optimizer.param_groups:
+                group["lr"] = config.swa_lr
         loss_sum = correct = seen = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False, disable=not progress, mininterval=1)
+        label = "swa " if averaging else ""
+        bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{total_epochs}", unit="batch", leave=False, disable=not progress, mininterval=1)
         for x, y in bar:
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -175,31 +193,80 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if not averaging:
+                scheduler.step()
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
-        val_acc = evaluate(model, splits.val)
+        if averaging:
+            assert swa is not None
+            swa.update(model)
+            candidate = swa.averaged(model, loader)  # averaged weights, BN statistics re-estimated
+        else:
+            candidate = model
+        val_acc = evaluate(candidate, splits.val)
         seconds = time.perf_counter() - t0
         result.seconds += seconds
+        lr = config.swa_lr if averaging else scheduler.get_last_lr()[0]
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": 100 * correct / seen,
-               "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+               "val_accuracy": val_acc, "lr": lr, "seconds": seconds}
+        if averaging:
+            row["swa"] = True
         result.history.append(row)
         if val_acc >= result.best_val_accuracy:
             result.best_val_accuracy = val_acc
-            best_state = copy.deepcopy(model.state_dict())
-        log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {row['loss']:.4f}  train {row['train_accuracy']:.2f}%  "
-            f"val {val_acc:.2f}%  lr {row['lr']:.4f}  {seconds:.0f}s")
+            best_state = copy.deepcopy(candidate.state_dict())
+        log(f"{label}epoch {epoch + 1:3d}/{total_epochs}  loss {row['loss']:.4f}  train {row['train_accuracy']:.2f}%  "
+            f"val {val_acc:.2f}%  lr {lr:.4f}  {seconds:.0f}s")
         if resume_path is not None:
-            _save_resume(resume_path, config, model, optimizer, scheduler, loader, best_state, epoch + 1, result)
+            _save_resume(resume_path, config, model, optimizer, scheduler, loader, best_state, epoch + 1, result,
+                         swa.state_dict() if swa is not None else None)
     model.load_state_dict(best_state)
     return result
 
 
+class _WeightAverage:
+    """Running mean of a model's floating-point parameters and buffers, one snapshot per call to ``update``."""
+
+    BN_BATCHES = 50  # batches used to re-estimate BN statistics for the averaged weights
+
+    def __init__(self) -> None:
+        self.mean: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, model: nn.Module) -> None:
+        self.count += 1
+        for name, value in model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            if name not in self.mean:
+                self.mean[name] = value.detach().clone()
+            else:
+                self.mean[name] += (value.detach() - self.mean[name]) / self.count
+
+    def averaged(self, model: nn.Module, loader: BatchLoader) -> nn.Module:
+        """A copy of ``model`` holding the averaged weights, with BN statistics re-estimated on training batches."""
+        out = copy.deepcopy(model)
+        state = out.state_dict()
+        state.update({name: value.clone() for name, value in self.mean.items()})
+        out.load_state_dict(state)
+        batches = (x for i, (x, _) in zip(range(self.BN_BATCHES), loader))
+        recalibrate_bn(out, batches)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.count = state["mean"], state["count"]
+
+
 def _save_resume(path: str | os.PathLike, config: TrainConfig, model: nn.Module, optimizer: Any, scheduler: Any,
-                 loader: BatchLoader, best_state: dict, epoch: int, result: TrainResult) -> None:
+                 loader: BatchLoader, best_state: dict, epoch: int, result: TrainResult,
+                 swa_state: dict[str, Any] | None = None) -> None:
     state = {
+        "swa": swa_state,
         "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
         "best_model": best_state, "epoch": epoch, "history": result.history,

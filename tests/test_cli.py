@@ -22,7 +22,7 @@ def test_train_then_info(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "--arch", "nope", "--out", "x.pt"], "unknown model 'nope'"),
     (["train", "--arch", "smallcnn", "--data", "imagefolder", "--data-dir", "/nonexistent", "--out", "x.pt"], "does not exist"),
-    (["train", "--arch", "smallcnn", "--epochs", "0", "--out", "x.pt"], "epochs must be >= 1"),
+    (["train", "--arch", "smallcnn", "--epochs", "0", "--out", "x.pt"], "nothing to train"),
     (["info", "missing.pt"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):

@@ -173,3 +173,17 @@ def test_proxy_finetune_steps_train_the_pruned_model_before_scoring(trained_smal
     assert first != env.evaluate_strategy(strategy)
     with pytest.raises(AutopruneError, match="finetune_steps"):
         ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=-1, space=env.space)
+
+
+def test_uniform_baseline_is_measured_on_a_grid_and_interpolated(trained_small, digits, env):
+    model, _ = trained_small
+    fresh = ChannelPruningEnv(model=model, splits=digits, space=env.space)
+    step = fresh.BASELINE_STEP
+    at_anchor = fresh.uniform_baseline(0.5)
+    expected = fresh.evaluate_strategy(fresh.space.fill(fresh.space.uniform(0.5, fresh.min_keep), 0.5))
+    assert at_anchor == pytest.approx(expected)
+    lo, hi = fresh.uniform_baseline(0.5), fresh.uniform_baseline(0.5 + step)
+    assert fresh.uniform_baseline(0.5 + step / 4) == pytest.approx(0.75 * lo + 0.25 * hi)
+    for target in np.linspace(0.3, 0.7, 40):  # 40 distinct targets, 9 anchors
+        fresh.uniform_baseline(float(target))
+    assert len(fresh._baselines) <= round(0.4 / step) + 1
