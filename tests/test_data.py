@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,15 @@ def test_image_folder_is_read_and_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     again = load_dataset("imagefolder", tmp_path / "data", "train")
     assert torch.equal(ds.images, again.images)
+    # a changed file invalidates the cache; the stale copy for the same folder is removed
+    first = next((tmp_path / "cache").glob("*.npz"))
+    changed = tmp_path / "data" / "train" / "cat" / "0.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(changed)
+    os.utime(changed, (1e9, 1e9))
+    redone = load_dataset("imagefolder", tmp_path / "data", "train")
+    assert redone.images[0].sum() == 0
+    caches = list((tmp_path / "cache").glob("*.npz"))
+    assert len(caches) == 1 and caches[0] != first
 
 
 def test_bad_data_inputs_are_clear_errors(tmp_path):

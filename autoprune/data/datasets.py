@@ -148,8 +148,9 @@ def read_image_folder(folder: Path, name: str = "imagefolder") -> ImageDataset:
     paths = [(p, label) for group, label in files for p in group]
     if not paths:
         raise AutopruneError(f"no images found in {folder} (expected {folder}/<class>/<image>.jpg)")
+    place = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
     key = _folder_fingerprint(folder, [p for p, _ in paths])
-    cache = cache_dir() / f"{name}-{folder.name}-{key}.npz"
+    cache = cache_dir() / f"{name}-{folder.name}-{place}-{key}.npz"
     if cache.exists():
         try:
             with np.load(cache) as z:
@@ -161,6 +162,9 @@ def read_image_folder(folder: Path, name: str = "imagefolder") -> ImageDataset:
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, images=images, labels=labels)
+    for stale in cache.parent.glob(f"{name}-{folder.name}-{place}-*.npz"):
+        if stale != cache:  # the same folder, decoded before its files changed
+            stale.unlink(missing_ok=True)
     return ImageDataset(name, torch.from_numpy(images), torch.from_numpy(labels).long(), classes, (0.5,) * 3, (0.25,) * 3)
 
 
