@@ -132,6 +132,20 @@ def test_bench_rows_side_by_side(trained_small, int8_small):
     assert "int8" in format_table(rows)
 
 
+def test_folding_batchnorm_keeps_outputs_and_marks_the_rows(trained_small, pruned_small):
+    from autoprune.deploy.bench import fold_batchnorm
+
+    base, path = trained_small
+    pruned, pruned_path = pruned_small
+    for model in (base, pruned):
+        folded = fold_batchnorm(model)
+        x = torch.randn(4, 3, 32, 32)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert torch.allclose(folded(x), model.eval()(x), atol=1e-4)
+    rows = bench([pruned_path], baseline=path, batches=(2,), repeats=2, warmup=1, threads=1, runtimes=("torch",), fold_bn=True)
+    assert [r["runtime"] for r in rows] == ["torch (BN folded)"] * 2
+
+
 @pytest.mark.parametrize("distill", [False, True])
 def test_finetune_keeps_or_improves_val_accuracy(distill, trained_small, digits):
     base, _ = trained_small

@@ -51,6 +51,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     # its own dest: a sub-parser default would otherwise overwrite the global --threads
     p.add_argument("--threads", dest="bench_threads", type=int, help="CPU threads for both runtimes (default: PyTorch's, i.e. all cores)")
     p.add_argument("--runtimes", default="torch,onnxruntime", help="comma-separated subset of torch,onnxruntime")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold BatchNorm into the convolutions before timing in PyTorch (baseline and models alike)")
 
 
 @command("finetune")
@@ -133,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     threads = args.bench_threads or args.threads
     rows = bench(args.models, args.baseline, parse_batches(args.batch), repeats=args.repeats, warmup=args.warmup,
-                 threads=threads, runtimes=[r.strip() for r in args.runtimes.split(",") if r.strip()])
+                 threads=threads, runtimes=[r.strip() for r in args.runtimes.split(",") if r.strip()], fold_bn=args.fold_bn)
     print(format_table(rows))
     print(f"median of {args.repeats} interleaved runs after {args.warmup} warm-up runs, "
           f"{rows[0]['threads'] if rows else threads} CPU thread(s)")
