@@ -35,15 +35,31 @@ def test_search_saves_a_policy_that_reloads_with_the_same_strategies(policy_dir)
     out, ckpt = policy_dir
     meta = json.loads((out / "policy.json").read_text())
     for key in ("base_fingerprint", "arch", "groups", "criterion", "target_range", "dataset", "seed", "versions",
-                "best_per_target_bin", "episodes"):
+                "best_per_target_bin", "episodes", "prior"):
         assert key in meta
-    assert meta["episodes"] == 12 and meta["arch"] == "smallcnn"
+    assert meta["episodes"] == 12 and meta["arch"] == "smallcnn" and meta["prior"] == "global"
     rows = list(csv.DictReader(open(out / "progress.csv")))
     assert len(rows) == 12
     first = load_policy(out, checkpoint=ckpt)
     second = load_policy(out, checkpoint=ckpt)
     for t in (0.25, 0.5, 0.77):
         np.testing.assert_array_equal(first.strategy(t), second.strategy(t))
+
+
+def test_a_policy_saved_before_priors_existed_rolls_out_around_uniform(policy_dir, tmp_path):
+    import shutil
+
+    out, ckpt = policy_dir
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / "policy.json").read_text())
+    del meta["prior"]
+    (old / "policy.json").write_text(json.dumps(meta))
+    policy = load_policy(old, checkpoint=ckpt)
+    episode = policy._episode()
+    episode.reset(0.5)
+    assert np.allclose(episode.centre, policy.space.uniform(0.5, meta["min_keep"]))
+    assert in_budget(policy.space.flops_ratio(policy.strategy(0.5)), 0.5)
 
 
 def test_policy_strategies_meet_the_budget_at_random_targets(policy_dir):

@@ -187,3 +187,23 @@ def test_uniform_baseline_is_measured_on_a_grid_and_interpolated(trained_small, 
     for target in np.linspace(0.3, 0.7, 40):  # 40 distinct targets, 9 anchors
         fresh.uniform_baseline(float(target))
     assert len(fresh._baselines) <= round(0.4 / step) + 1
+
+
+@pytest.mark.parametrize("prior", ["global", "uniform"])
+def test_zero_offset_actions_give_the_priors_strategy(trained_small, digits, env, prior):
+    model, _ = trained_small
+    env2 = ChannelPruningEnv(model=model, splits=digits, prior=prior, space=env.space)
+    _, _, info = run_episode(env2, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
+    space = env.space
+    if prior == "global":
+        expected = space.global_ranking(0.5, space.importance("l1"), env2.min_keep)
+    else:
+        expected = space.uniform(0.5, env2.min_keep)
+    assert info["kept_channels"] == space.keep_counts(space.fill(expected, 0.5)).tolist()
+    assert env2.uniform_baseline(0.5) == pytest.approx(info["proxy_accuracy"])
+
+
+def test_unknown_prior_is_a_clear_error(trained_small, digits):
+    model, _ = trained_small
+    with pytest.raises(AutopruneError, match="unknown prior 'best'"):
+        ChannelPruningEnv(model=model, splits=digits, prior="best")

@@ -175,6 +175,23 @@ def test_fill_spends_the_budget_without_dropping_channels(spaces, target):
     np.testing.assert_array_equal(space.fill(over, target), over)
 
 
+@pytest.mark.parametrize("name", ["resnet56", "mobilenetv2", "vgg16_bn"])
+def test_global_ranking_meets_the_target_and_follows_the_scores(spaces, name):
+    _, space = spaces[name]
+    scores = space.importance("l1")
+    for target in (0.3, 0.6):
+        strategy = space.global_ranking(target, scores, min_keep=0.1)
+        assert target - 0.02 <= space.flops_ratio(strategy) <= target
+        assert np.all(space.keep_counts(strategy) >= space.keep_counts(np.full(space.num_groups, 0.1)))
+    # channels far below their group's mean score go first, wherever they are
+    skewed = [s.copy() for s in scores]
+    skewed[0] = np.full(len(skewed[0]), 1e-4)
+    skewed[0][-1] = 1.0
+    assert space.keep_counts(space.global_ranking(0.5, skewed))[0] == 1
+    with pytest.raises(AutopruneError, match="importance scores for"):
+        space.global_ranking(0.5, scores[:-1])
+
+
 def test_fill_with_coarse_channel_steps():
     space = PruningSpace(models.create("resnet20").eval(), X[:1], round_to=8)
     uniform = space.uniform(0.5)  # 8 of 16 channels, 16 of 32 ...: FLOPs ratio ~0.45

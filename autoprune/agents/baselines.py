@@ -73,25 +73,7 @@ class Uniform(Searcher):
 @SEARCHERS.register("global")
 class GlobalRanking(Searcher):
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
-        space = env.space
-        scores = space.importance(env.criterion)
-        normalised = np.concatenate([s / (np.abs(s).mean() + 1e-12) for s in scores])
-        owner = np.concatenate([np.full(len(s), g) for g, s in enumerate(scores)])
-        order = owner[np.argsort(normalised, kind="stable")]  # group of each channel, least important first
-        floor = env.episode.min_counts
-
-        def counts_after(k: int) -> np.ndarray:
-            removed = np.bincount(order[:k], minlength=space.num_groups)
-            return np.maximum(space.channels - removed, floor)
-
-        lo, hi = 0, len(order)  # smallest k whose FLOPs meet the target
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if space.flops_of_counts(counts_after(mid)[:, None])[0] <= target * space.dense_flops:
-                hi = mid
-            else:
-                lo = mid + 1
-        return counts_after(lo) / space.channels, 0
+        return env.space.global_ranking(target, env.space.importance(env.criterion), env.min_keep), 0
 
 
 class ActionSearcher(Searcher):
@@ -121,7 +103,8 @@ class GeneticAlgorithm(ActionSearcher):
         n = env.space.num_groups
         pop = rng.uniform(-1, 1, (self.population, n))
         env.episode.reset(target)
-        pop[0] = env.episode.action_for(env.space.uniform(target, env.min_keep)[0])  # seed with uniform
+        # seed with the strategy an all-zero policy gets (the prior) in offset mode, else with uniform
+        pop[0] = 0.0 if env.episode.action_mode == "offset" else env.episode.action_for(env.space.uniform(target, env.min_keep)[0])
         fitness = np.array([self._score(env, target, g)[0] for g in pop])
         spent = self.population
         while spent + self.population - self.elite <= episodes:
@@ -176,7 +159,7 @@ class AMC(Searcher):
 
         config = SearchConfig(agent="ddpg", episodes=max(episodes, 2), target_low=target, target_high=target,
                               criterion=env.criterion, reward="accuracy", min_keep=env.min_keep,
-                              action_mode=env.episode.action_mode, round_to=env.space.round_to,
+                              action_mode=env.episode.action_mode, prior=env.prior_name, round_to=env.space.round_to,
                               fill_budget=env.episode.fill_budget, proxy_finetune_steps=env.proxy.finetune_steps,
                               proxy_images=env.proxy.num_images, seed=int(rng.integers(1 << 30)),
                               checkpoint_every=max(episodes, 2))

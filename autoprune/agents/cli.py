@@ -41,6 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
     p.add_argument("--no-fill-budget", action="store_true",
                    help="end episodes where the action wall leaves them, instead of spending the unused budget")
+    p.add_argument("--prior", choices=["global", "uniform"], default="global",
+                   help="the allocation an action of 0 gives: a global importance ranking (default) or one uniform ratio")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25, help="episodes between saved checkpoints")
     p.add_argument("--out", required=True, help="policy directory")
@@ -73,6 +75,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--proxy-images", type=int)
     p.add_argument("--proxy-steps", type=int, help="SGD steps before the proxy scores (default: the policy's, else 0)")
     p.add_argument("--round-to", type=int, help="channel multiple for baselines (default: the policy's, else 1)")
+    p.add_argument("--prior", choices=["global", "uniform"],
+                   help="prior of the searching baselines' offset actions, e.g. AMC (default: the policy's, else global)")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--seed", type=int, default=0)
@@ -87,7 +91,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     low, high = parse_range(args.targets)
     config = SearchConfig(agent=args.agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
                           target_high=high, criterion=args.criterion, reward=args.reward, proxy_images=args.proxy_images,
-                          round_to=args.round_to, fill_budget=not args.no_fill_budget,
+                          round_to=args.round_to, fill_budget=not args.no_fill_budget, prior=args.prior,
                           proxy_finetune_steps=args.proxy_steps, seed=args.seed, checkpoint_every=args.checkpoint_every)
     policy = search(args.out, config, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
                     val_size=args.val_size, resume=args.resume, progress=not args.no_progress)
@@ -184,6 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             fill_budget=policy.meta.get("fill_budget", False) if policy else True,
                             proxy_finetune_steps=args.proxy_steps if args.proxy_steps is not None else
                             (policy.meta.get("proxy_finetune_steps", 0) if policy else 0),
+                            prior=args.prior or (policy.meta.get("prior", "uniform") if policy else "global"),
                             space=policy.space if policy else None)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
     config["base_fingerprint"] = fingerprint(model)  # the same path may hold a retrained model

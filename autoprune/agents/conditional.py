@@ -38,6 +38,7 @@ class SearchConfig:
     reward: str = "relative"
     min_keep: float = 0.1
     action_mode: str = "offset"
+    prior: str = "global"  # where an offset action of 0 lands: "global" ranking or "uniform" (ChannelPruningEnv)
     round_to: int = 1
     fill_budget: bool = True  # spend what the action wall leaves of the budget (ChannelPruningEnv)
     proxy_images: int | None = None
@@ -101,13 +102,14 @@ def search(
                             val_size=val_size or meta_in.get("val_size"), criterion=config.criterion,
                             target_range=(config.target_low, config.target_high), min_keep=config.min_keep,
                             reward=config.reward, proxy_images=config.proxy_images, action_mode=config.action_mode, round_to=config.round_to,
-                            fill_budget=config.fill_budget, proxy_finetune_steps=config.proxy_finetune_steps)
+                            fill_budget=config.fill_budget, proxy_finetune_steps=config.proxy_finetune_steps,
+                            prior=config.prior)
     space = env.space
     meta = {
         "format": POLICY_FORMAT, "agent": config.agent, "arch": arch, "num_classes": num_classes,
         "input_shape": list(env.splits.input_shape), "base_fingerprint": fingerprint(model), "groups": group_signature(space),
         "criterion": config.criterion, "target_range": [config.target_low, config.target_high], "min_keep": config.min_keep,
-        "action_mode": config.action_mode, "round_to": config.round_to,
+        "action_mode": config.action_mode, "prior": config.prior, "round_to": config.round_to,
         "fill_budget": config.fill_budget, "tolerance": env.episode.tolerance, "reward": config.reward, "dataset": env.splits.train.name,
         "val_size": env.splits.val_size, "proxy_images": env.proxy.num_images,
         "proxy_finetune_steps": config.proxy_finetune_steps,

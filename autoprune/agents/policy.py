@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from autoprune.agents.algorithms import ALGORITHM_CLASSES, NET_ARCH
 from autoprune.agents.common import fingerprint, group_signature
-from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode
+from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode, make_prior
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
 
@@ -92,8 +92,10 @@ class ConditionalPolicy:
         if self.space is None:
             raise AutopruneError("the policy is not bound to its base model: load it with load_policy(dir, checkpoint=...)"
                                  " or call policy.prune(model, target)")
+        # policies saved before these options existed neither filled the budget nor had a global prior
+        prior = make_prior(self.meta.get("prior", "uniform"), self.space, self.meta["criterion"], self.meta["min_keep"])
         return StrategyEpisode(self.space, self.meta["min_keep"], self.meta["tolerance"], self.meta.get("action_mode", "absolute"),
-                               self.meta.get("fill_budget", False))  # policies saved before the option did not fill
+                               self.meta.get("fill_budget", False), prior)
 
     def _check_target(self, target: float, allow_extrapolation: bool) -> float:
         target = check_target(target)

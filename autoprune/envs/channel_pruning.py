@@ -14,7 +14,7 @@ import torch.nn as nn
 from gymnasium import spaces
 
 from autoprune.data import BatchLoader, DataSplits, load_splits
-from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode
+from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode, make_prior
 from autoprune.envs.proxy import AccuracyProxy, ProxyResult
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
@@ -75,8 +75,10 @@ class ChannelPruningEnv(gym.Env):
     ## Action
     ``Box(-1, 1, (1,), float32)``, mapped to a keep ratio in ``[min_keep, 1]`` and rounded to a
     channel count (``round(ratio * channels)``, at least 1). With ``action_mode="offset"`` (default)
-    the map is piecewise linear with 0 at the uniform strategy's keep ratio for the target (-1 ->
-    min_keep, 0 -> uniform, 1 -> 1); with ``"absolute"`` it is linear (-1 -> min_keep, 1 -> 1), as in AMC. The *action wall* (AMC) then clamps it
+    the map is piecewise linear with 0 at the *prior's* keep ratio for this group and target (-1 ->
+    min_keep, 0 -> prior, 1 -> 1). The prior (``prior=``) is ``"global"`` (default: the allocation a
+    global ranking of channel importance gives for the target) or ``"uniform"`` (one keep ratio for
+    all groups). With ``"absolute"`` the map is linear (-1 -> min_keep, 1 -> 1), as in AMC. The *action wall* (AMC) then clamps it
     so the finished strategy is guaranteed to meet the budget: it is lowered when keeping that many
     channels would exceed the budget even with every later group at its minimum, and raised when the
     strategy could no longer reach ``target - tolerance`` even with every later group kept whole.
@@ -92,9 +94,9 @@ class ChannelPruningEnv(gym.Env):
     ## Reward
     0 until the last step; then one of ``REWARDS`` (``reward=``):
 
-    - ``"relative"`` (default): proxy accuracy minus the proxy accuracy of the uniform strategy at the
-      same target (measured every 0.05 of target, interpolated in between), so rewards are
-      comparable across targets;
+    - ``"relative"`` (default): proxy accuracy minus the proxy accuracy of the prior's strategy at
+      the same target (measured every 0.05 of target, interpolated in between), so rewards are
+      comparable across targets and measure what the policy adds to the prior;
     - ``"accuracy"``: proxy accuracy (AMC's R_acc);
     - ``"error_log_flops"``: -(1 - proxy accuracy) * log(FLOPs) (AMC's R_FLOPs).
 
@@ -123,6 +125,7 @@ class ChannelPruningEnv(gym.Env):
     - ``action_mode``: ``"offset"`` (default) or ``"absolute"``, see Action.
     - ``round_to``: keep channel counts that are multiples of this (default 1: any count).
     - ``fill_budget``: spend the budget the action wall leaves unused (default True), see Action.
+    - ``prior``: ``"global"`` (default) or ``"uniform"``, where an ``offset`` action of 0 lands, see Action.
     - ``proxy_finetune_steps``: SGD steps (batches of 64 training images, lr 0.01) on the pruned model
       before the proxy scores it (default 0: adaptive BN only). Costs about one training step each.
     - ``space``: a prebuilt ``PruningSpace`` of the model, to share between environments.
@@ -150,6 +153,7 @@ class ChannelPruningEnv(gym.Env):
         round_to: int = 1,
         fill_budget: bool = True,
         proxy_finetune_steps: int = 0,
+        prior: str = "global",
         space: PruningSpace | None = None,
     ) -> None:
         super().__init__()
@@ -180,7 +184,9 @@ class ChannelPruningEnv(gym.Env):
         # Importance is a property of the base model: computed once, not per episode.
         self.space.importance(criterion, BatchLoader(splits.train, 64, shuffle=True, seed=0))
         self.proxy = AccuracyProxy(splits, proxy_images, adaptive_bn, calib_batches, finetune_steps=proxy_finetune_steps)
-        self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode, fill_budget)
+        self.prior_name = prior
+        self.episode = StrategyEpisode(self.space, min_keep, tolerance, action_mode, fill_budget,
+                                       make_prior(prior, self.space, criterion, min_keep))
         if self.episode.floor > low:
             raise AutopruneError(f"the lowest target {low:g} cannot be met on this model: with every group at "
                                  f"min_keep={min_keep:g} it keeps {self.episode.floor:.3f} of the FLOPs")
@@ -263,12 +269,13 @@ class ChannelPruningEnv(gym.Env):
     BASELINE_STEP = 0.05  # spacing of the targets where the uniform baseline is measured
 
     def uniform_baseline(self, target: float) -> float:
-        """Proxy accuracy of the uniform strategy at ``target``.
+        """Proxy accuracy of the prior's strategy (what an all-zero ``offset`` policy ends with: the
+        uniform strategy, or the global ranking's) at ``target``.
 
         Measured at targets on a grid of ``BASELINE_STEP`` (each once, cached) and interpolated
-        linearly in between: the uniform strategy's accuracy is a smooth, monotone function of the
-        target, and a conditional search then spends ~15 proxy evaluations on baselines instead of
-        one per distinct target.
+        linearly in between: that accuracy is a smooth, monotone function of the target, and a
+        conditional search then spends ~15 proxy evaluations on baselines instead of one per
+        distinct target.
         """
         step = self.BASELINE_STEP
         below = math.floor(target / step + 1e-9)
@@ -282,8 +289,8 @@ class ChannelPruningEnv(gym.Env):
         key = round(target, 4)
         if key not in self._baselines:
             target = min(max(key, self.space.min_flops_ratio(self.min_keep)), 1.0)
-            uniform = self.space.uniform(target, self.min_keep)
+            centre = self.episode.prior(target)
             if self.episode.fill_budget:  # what an all-zero offset policy ends with
-                uniform = self.space.fill(uniform, target)
-            self._baselines[key] = self.evaluate_strategy(uniform)
+                centre = self.space.fill(centre, target)
+            self._baselines[key] = self.evaluate_strategy(centre)
         return self._baselines[key]

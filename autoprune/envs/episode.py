@@ -6,6 +6,8 @@ with this class alone to produce strategies, so querying a policy needs no data 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 
 from autoprune.errors import AutopruneError
@@ -18,12 +20,37 @@ OBSERVATION_FEATURES = (
 LAYER_KIND = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 ACTION_MODES = ("offset", "absolute")
 
+Prior = Callable[[float], np.ndarray]  # target -> keep ratio per group
+
+
+def _uniform_prior(space: PruningSpace, criterion: str, min_keep: float, data: Iterable | None) -> Prior:
+    return lambda target: space.uniform(target, min_keep)
+
+
+def _global_prior(space: PruningSpace, criterion: str, min_keep: float, data: Iterable | None) -> Prior:
+    scores = space.importance(criterion, data)  # cached by the space: computed once per criterion
+    return lambda target: space.global_ranking(target, scores, min_keep)
+
+
+# Where an ``offset`` action of 0 puts each group, for a target: one keep ratio for all groups, or the
+# allocation of a global ranking of channel importance (torch-pruning's global pruning).
+PRIORS: dict[str, Callable[[PruningSpace, str, float, Iterable | None], Prior]] = {
+    "uniform": _uniform_prior, "global": _global_prior}
+
+
+def make_prior(name: str, space: PruningSpace, criterion: str = "l1", min_keep: float = 0.0,
+               data: Iterable | None = None) -> Prior:
+    """The prior called ``name`` (see ``PRIORS``) for ``space``."""
+    if name not in PRIORS:
+        raise AutopruneError(f"unknown prior {name!r}; choose one of {', '.join(PRIORS)}")
+    return PRIORS[name](space, criterion, min_keep, data)
+
 
 class StrategyEpisode:
     """Builds a strategy group by group for a target, clamping every decision by the action wall."""
 
     def __init__(self, space: PruningSpace, min_keep: float = 0.1, tolerance: float = 0.02,
-                 action_mode: str = "offset", fill_budget: bool = True) -> None:
+                 action_mode: str = "offset", fill_budget: bool = True, prior: Prior | None = None) -> None:
         if not 0 < min_keep <= 1:
             raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
         if action_mode not in ACTION_MODES:
@@ -33,11 +60,13 @@ class StrategyEpisode:
         self.min_keep = float(min_keep)
         self.tolerance = float(tolerance)
         self.fill_budget = bool(fill_budget)
+        self.prior = prior or _uniform_prior(space, "l1", float(min_keep), None)
         self.min_counts = space.keep_counts(np.full(space.num_groups, float(min_keep)))
         self.floor = space.min_flops_ratio(min_keep)
         self.features = self._static_features()
         self.target = 1.0
         self.uniform_ratio = 1.0
+        self.centre = np.ones(space.num_groups)
         self.index = 0
         self.counts = space.channels.copy()
 
@@ -60,6 +89,7 @@ class StrategyEpisode:
                                  f"min_keep={self.min_keep:g} ({self.floor:.3f})")
         self.target = target
         self.uniform_ratio = float(self.space.uniform(target, self.min_keep)[0])
+        self.centre = np.clip(np.asarray(self.prior(target), dtype=np.float64), self.min_keep, 1.0)
         self.counts = self.space.channels.copy()  # undecided groups count as whole
         self.index = 0
         return self.observation()
@@ -67,14 +97,14 @@ class StrategyEpisode:
     def keep_ratio(self, action: float) -> float:
         """Map an action in [-1, 1] to a keep ratio in [min_keep, 1].
 
-        ``absolute``: linearly. ``offset``: piecewise linearly with 0 at the uniform strategy's ratio
-        for the current target (-1 -> min_keep, 0 -> uniform, 1 -> 1), so an untrained policy starts
-        near the uniform strategy and learns deviations from it.
+        ``absolute``: linearly. ``offset``: piecewise linearly with 0 at the prior's ratio for the
+        current group and target (-1 -> min_keep, 0 -> prior, 1 -> 1), so an untrained policy starts
+        near the prior's strategy (uniform, or a global ranking) and learns deviations from it.
         """
         a = float(action)
         if self.action_mode == "absolute":
             return self.min_keep + (a + 1) / 2 * (1 - self.min_keep)
-        u = self.uniform_ratio
+        u = self._centre()
         return u + a * ((1 - u) if a >= 0 else (u - self.min_keep))
 
     def action_for(self, keep_ratio: float) -> float:
@@ -82,9 +112,12 @@ class StrategyEpisode:
         r = float(keep_ratio)
         if self.action_mode == "absolute":
             return float(np.clip(2 * (r - self.min_keep) / (1 - self.min_keep) - 1, -1, 1))
-        u = self.uniform_ratio
+        u = self._centre()
         span = (1 - u) if r >= u else (u - self.min_keep)
         return float(np.clip((r - u) / span, -1, 1)) if span > 0 else 0.0
+
+    def _centre(self) -> float:
+        return float(self.centre[min(self.index, self.space.num_groups - 1)])
 
     def step(self, action: float) -> int:
         """Decide the current group from ``action``; returns the channel count kept after the wall."""

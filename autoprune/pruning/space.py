@@ -291,6 +291,33 @@ class PruningSpace:
         ratio = self._largest_within(lambda a: np.full(self.num_groups, min_keep + a * (1.0 - min_keep)), target)
         return np.full(self.num_groups, min_keep + ratio * (1.0 - min_keep))
 
+    def global_ranking(self, target: float, scores: Sequence[np.ndarray], min_keep: float = 0.0) -> np.ndarray:
+        """Keep ratios from one ranking of every channel of the model: each group's ``scores`` divided
+        by their mean (so groups are comparable), then the least important channels removed, wherever
+        they are, until the FLOPs ratio is at most ``target``; no group drops below ``min_keep``.
+        """
+        check_target(target)
+        if len(scores) != self.num_groups:
+            raise AutopruneError(f"need importance scores for {self.num_groups} groups, got {len(scores)}")
+        normalised = np.concatenate([np.asarray(s, float) / (np.abs(s).mean() + 1e-12) for s in scores])
+        owner = np.concatenate([np.full(len(s), g) for g, s in enumerate(scores)])
+        order = owner[np.argsort(normalised, kind="stable")]  # group of each channel, least important first
+        floor = self.keep_counts(np.full(self.num_groups, float(min_keep))) if min_keep > 0 else np.ones(self.num_groups, int)
+        limit = target * self.dense_flops
+
+        def counts_after(k: int) -> np.ndarray:
+            removed = np.bincount(order[:k], minlength=self.num_groups)
+            return self.snap(np.maximum(self.channels - removed, floor))
+
+        lo, hi = 0, len(order)  # the fewest removals that meet the target
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.flops_of_counts(counts_after(mid)[:, None])[0] <= limit:
+                hi = mid
+            else:
+                lo = mid + 1
+        return counts_after(lo) / self.channels
+
     def _largest_within(self, make: Callable[[float], np.ndarray], target: float, steps: int = 50) -> float:
         """The largest ``a`` in [0, 1] with ``flops_ratio(make(a)) <= target``, for ``make`` whose FLOPs
         grow with ``a`` (bisection; 0 when even ``make(0)`` is over)."""
