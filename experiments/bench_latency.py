@@ -26,7 +26,7 @@ from autoprune import models
 from autoprune.checkpoint import load_model, save_model
 from autoprune.deploy.bench import bench, format_table, parse_batches
 from autoprune.pruning import PruningSpace
-from experiments.common import parse_config, write_report
+from experiments.common import parse_config, shaped_strategy, write_report
 
 
 @dataclass
@@ -44,13 +44,11 @@ class Config:
 
 def shapes(space: PruningSpace, target: float) -> dict[str, np.ndarray]:
     """Strategies named by shape, all within ``target``."""
-    side = np.array([g.feature_size for g in space.groups], dtype=float)
-    weights: dict[str, np.ndarray] = {"early": side / side.max(), "late": side.min() / side}
-    out = {f"uniform-r{space.round_to}": space.fill(space.uniform(target), target),
-           f"uniform-r{space.round_to}-nofill": space.keep_counts(space.uniform(target)) / space.channels}
-    for name, w in weights.items():
-        most_pruned = 1.0 - 0.9 * w  # under budget for any sensible target; the fill spends the rest
-        out[f"{name}-r{space.round_to}"] = space.fill(most_pruned, target)
+    m = space.round_to
+    out = {f"uniform-r{m}": shaped_strategy(space, "uniform", target),
+           f"uniform-r{m}-nofill": shaped_strategy(space, "uniform", target, fill=False)}
+    for name in ("early", "late"):
+        out[f"{name}-r{m}"] = shaped_strategy(space, name, target)
     return out
 
 

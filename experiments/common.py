@@ -44,3 +44,30 @@ def write_report(name: str, config: Any, results: dict[str, Any], markdown: str,
     write_text_atomic(out / f"{name}.json", json.dumps(payload, indent=2) + "\n")
     write_text_atomic(out / f"{name}.md", f"<!-- command: {payload['command']} -->\n{markdown}\n")
     print(markdown)
+
+
+SHAPES = ("uniform", "early", "late")
+
+
+def shaped_strategy(space: Any, shape: str, target: float, fill: bool = True) -> Any:
+    """A strategy within ``target`` whose pruning is spread in a given *shape*:
+
+    - ``uniform``: one keep ratio for all groups (the largest within the target);
+    - ``early`` / ``late``: groups on larger feature maps pruned harder (early) or softer (late), in
+      proportion to the feature-map side.
+
+    With ``fill`` the budget fill (``PruningSpace.fill``) then spends what is left of the target.
+    """
+    import numpy as np
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if shape == "uniform":
+        strategy = space.keep_counts(space.uniform(target)) / space.channels
+    else:
+        side = np.array([g.feature_size for g in space.groups], dtype=float)
+        weight = side / side.max() if shape == "early" else side.min() / side
+        strategy = 1.0 - 0.9 * weight  # under budget for any sensible target; the fill spends the rest
+        if not fill:
+            raise ValueError("the early/late shapes need the budget fill to meet the target")
+    return space.fill(strategy, target) if fill else strategy

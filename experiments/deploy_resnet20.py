@@ -18,7 +18,7 @@ from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace, count_flops, count_params
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import seed_everything
-from experiments.common import parse_config, write_report
+from experiments.common import parse_config, shaped_strategy, write_report
 
 
 @dataclass
@@ -26,7 +26,8 @@ class Config:
     checkpoint: str = "checkpoints/resnet20-cifar10.pt"
     data: str = ""  # empty: the data set the checkpoint records
     data_dir: str = "../shared/data/cifar10"
-    target: float = 0.5  # FLOPs ratio of the uniform pruning
+    target: float = 0.5  # FLOPs ratio of the pruning
+    shape: str = "uniform"  # uniform, early or late (experiments.common.shaped_strategy), then the budget fill
     criterion: str = "l1"
     round_to: int = 8  # channel multiple: counts such as 11/22/45 run no faster than the dense model
     finetune_epochs: int = 10  # the same for the plain and the distilled run
@@ -60,10 +61,10 @@ def main(cfg: Config) -> None:
     models = {"base": {"file": cfg.checkpoint, "flops": count_flops(base, example), "params": count_params(base),
                        "val_accuracy": evaluate(base, splits.val), "test_accuracy": evaluate(base, splits.test)}}
 
-    # prune: one keep ratio for every group, the largest whose FLOPs ratio is <= target; with channel
-    # counts in multiples of 8 that lands well under the target, so the budget fill spends the rest
+    # prune: the chosen shape (uniform: one keep ratio for every group), then the budget fill spends
+    # what channel counts in multiples of round_to leave under the target
     space = PruningSpace(base, example, round_to=cfg.round_to)
-    strategy = space.fill(space.uniform(cfg.target), cfg.target)
+    strategy = shaped_strategy(space, cfg.shape, cfg.target)
     pruned = space.apply(strategy, cfg.criterion)
     flops_ratio = count_flops(pruned, example) / space.dense_flops
     no_ft = copy.deepcopy(pruned)
@@ -104,6 +105,8 @@ def main(cfg: Config) -> None:
     log("timing base / pruned / int8 side by side")
     rows = bench([work / f"pruned_{best}.pt", q.path], baseline=cfg.checkpoint, batches=parse_batches(cfg.batches),
                  repeats=cfg.repeats, threads=cfg.threads)
+    rows += bench([work / f"pruned_{best}.pt"], baseline=cfg.checkpoint, batches=parse_batches(cfg.batches),
+                  repeats=cfg.repeats, threads=cfg.threads, runtimes=("torch",), fold_bn=True)
 
     pt_bytes = models[f"pruned + fine-tune ({best})"]["file_bytes"]
     results = {"dataset": splits.train.name, "arch": arch, "target": cfg.target, "achieved_flops_ratio": flops_ratio,
@@ -115,7 +118,7 @@ def main(cfg: Config) -> None:
         size = f"{r['file_bytes'] / 1024:.0f}" if "file_bytes" in r else "—"
         val = f"{r['val_accuracy']:.2f}%" if "val_accuracy" in r else "—"
         lines.append(f"| {label} | {r['flops'] / 1e6:.2f} | {r['params']:,} | {size} | {val} | {r['test_accuracy']:.2f}% |")
-    md = (f"{arch} on {splits.train.name}, pruned for target {cfg.target:g} (uniform keep ratio + budget fill, channel "
+    md = (f"{arch} on {splits.train.name}, pruned for target {cfg.target:g} ({cfg.shape} shape + budget fill, channel "
           f"counts in multiples of {cfg.round_to}; FLOPs ratio {flops_ratio:.3f}, {cfg.criterion} criterion), "
           f"{cfg.finetune_epochs} fine-tuning epochs each, int8 {cfg.quant_method} (ONNX Runtime, "
           f"{q.calibration_images} calibration images). int8 file {q.int8_bytes / 1024:.0f} KB: "
