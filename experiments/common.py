@@ -65,9 +65,50 @@ def shaped_strategy(space: Any, shape: str, target: float, fill: bool = True) ->
     if shape == "uniform":
         strategy = space.keep_counts(space.uniform(target)) / space.channels
     else:
-        side = np.array([g.feature_size for g in space.groups], dtype=float)
-        weight = side / side.max() if shape == "early" else side.min() / side
-        strategy = 1.0 - 0.9 * weight  # under budget for any sensible target; the fill spends the rest
         if not fill:
             raise ValueError("the early/late shapes need the budget fill to meet the target")
+        side = np.array([g.feature_size for g in space.groups], dtype=float)
+        weight = side / side.max() if shape == "early" else side.min() / side
+        floor = 1.0 / space.channels
+
+        def shaped(a: float) -> np.ndarray:  # pruned fraction a * weight per group
+            return np.clip(1.0 - a * weight, floor, 1.0)
+
+        lo, hi = 0.0, 1.0 / weight.min()  # hi prunes every group to its floor
+        for _ in range(40):  # the smallest a within the target; the fill then spends the rest
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if space.flops_ratio(shaped(mid)) <= target else (mid, hi)
+        strategy = shaped(hi)
     return space.fill(strategy, target) if fill else strategy
+
+
+def bench_in_fresh_processes(models: list[Any], baseline: Any, batches: str, repeats: int, threads: int, runs: int = 3,
+                             fold_bn: bool = False) -> list[dict[str, Any]]:
+    """``autoprune bench`` run ``runs`` times, each in a new process (a process that has just trained
+    times differently from a fresh one); per row the median latency and speedup over the runs, with
+    every run's speedup kept under ``speedup_runs``."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    results = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp) / "bench.json"
+            cmd = [sys.executable, "-m", "autoprune.cli", "bench", *map(str, models), "--baseline", str(baseline),
+                   "--batch", batches, "--repeats", str(repeats), "--threads", str(threads), "--json", str(report)]
+            if fold_bn:
+                cmd += ["--fold-bn", "--runtimes", "torch"]
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            results.append(json.loads(report.read_text())["rows"])
+    merged = []
+    for cells in zip(*results):
+        row = dict(cells[0])
+        row["latency_ms"] = statistics.median(c["latency_ms"] for c in cells)
+        row["latency_ms_min"] = min(c["latency_ms_min"] for c in cells)
+        row["throughput"] = row["batch"] / row["latency_ms"] * 1000
+        speedups = [c["speedup"] for c in cells]
+        row["speedup"] = statistics.median(speedups) if None not in speedups else None
+        row["speedup_runs"] = speedups
+        merged.append(row)
+    return merged

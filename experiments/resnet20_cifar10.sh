@@ -10,13 +10,14 @@ CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
 DATA=${DATA:-../shared/data/cifar10}
 EPISODES=${EPISODES:-400}
 PROXY=${PROXY:-1000}
+RANGE=${RANGE:-0.25:0.75}  # the search's target range: covers every evaluated target with a margin
 POLICY=${POLICY:-policies/resnet20-cifar10}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
 FT=(--finetune-epochs 1 --seed 0)
 
-search=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.2:0.9 --episodes "$EPISODES"
+search=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets "$RANGE" --episodes "$EPISODES"
         --proxy-images "$PROXY" --seed 0 --out "$POLICY" --no-progress)
 
 resumable() { [ -f "$1/results.json" ] && echo --resume || true; }

@@ -1,4 +1,5 @@
 import copy
+import json
 import subprocess
 import sys
 
@@ -177,6 +178,11 @@ def test_quantize_and_bench_cli(trained_small, tmp_path, capsys):
     assert main(["bench", str(out), "--baseline", str(base), "--batch", "1", "--repeats", "2", "--threads", "1"]) == 0
     table = capsys.readouterr().out
     assert "q.onnx" in table and "1.00x" in table
+    report = tmp_path / "bench.json"
+    assert main(["bench", str(out), "--baseline", str(base), "--batch", "2", "--repeats", "1", "--threads", "1",
+                 "--runtimes", "torch", "--fold-bn", "--json", str(report)]) == 0
+    saved = json.loads(report.read_text())
+    assert saved["settings"]["fold_bn"] and [r["batch"] for r in saved["rows"]] == [2] and "torch" in saved["versions"]
 
 
 def run(*args, cwd):

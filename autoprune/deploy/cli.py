@@ -53,6 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtimes", default="torch,onnxruntime", help="comma-separated subset of torch,onnxruntime")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold BatchNorm into the convolutions before timing in PyTorch (baseline and models alike)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows, settings and versions to this JSON file")
 
 
 @command("finetune")
@@ -139,3 +140,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(format_table(rows))
     print(f"median of {args.repeats} interleaved runs after {args.warmup} warm-up runs, "
           f"{rows[0]['threads'] if rows else threads} CPU thread(s)")
+    if args.json:
+        import json
+        import sys
+
+        from autoprune.utils import versions, write_text_atomic
+
+        settings = {k: getattr(args, k) for k in ("models", "baseline", "batch", "repeats", "warmup", "runtimes", "fold_bn")}
+        report = {"command": " ".join(["autoprune", *sys.argv[1:]]), "settings": {**settings, "threads": threads},
+                  "versions": versions(), "rows": rows}
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
