@@ -58,7 +58,9 @@ def test_random_episodes_always_meet_the_budget(env):
         assert info["achieved_flops_ratio"] == pytest.approx(env.space.flops_ratio(np.array(info["strategy"])))
 
 
-def test_offset_actions_are_centred_on_the_uniform_strategy(env):
+def test_offset_actions_are_centred_on_the_uniform_strategy(trained_small, digits, env):
+    model, _ = trained_small
+    env = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.space)
     _, _, info = run_episode(env, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
     uniform = env.space.uniform(0.5, env.min_keep)
     np.testing.assert_allclose(info["strategy"], env.space.fill(uniform, 0.5))
@@ -177,7 +179,7 @@ def test_proxy_finetune_steps_train_the_pruned_model_before_scoring(trained_smal
 
 def test_uniform_baseline_is_measured_on_a_grid_and_interpolated(trained_small, digits, env):
     model, _ = trained_small
-    fresh = ChannelPruningEnv(model=model, splits=digits, space=env.space)
+    fresh = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.space)
     step = fresh.BASELINE_STEP
     at_anchor = fresh.uniform_baseline(0.5)
     expected = fresh.evaluate_strategy(fresh.space.fill(fresh.space.uniform(0.5, fresh.min_keep), 0.5))
