@@ -169,7 +169,7 @@ def fit(
         if swa is not None and state.get("swa") is not None:
             swa.load_state_dict(state["swa"])
         result.history, result.best_val_accuracy, result.seconds = state["history"], state["best_val_accuracy"], state["seconds"]
-        log(f"resuming from {resume_path} at epoch {start_epoch + 1}/{config.epochs}")
+        log(f"resuming from {resume_path} at epoch {start_epoch + 1}/{config.epochs + config.swa_epochs}")
 
     total_epochs = config.epochs + config.swa_epochs
     for epoch in range(start_epoch, total_epochs):

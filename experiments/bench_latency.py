@@ -15,7 +15,6 @@ is given. With ``profile`` the time of every convolution shape at the largest ba
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +55,11 @@ def conv_profile(model: torch.nn.Module, batch: int) -> list[dict]:
     """Self CPU time per convolution input shape, one forward pass at ``batch`` after a warm-up."""
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     model = model.eval().to(memory_format=torch.channels_last)
-    run: Callable[[], object] = lambda: model(x)  # noqa: E731
     with torch.inference_mode():
-        run()
+        model(x)
         with torch.profiler.profile(record_shapes=True) as prof:
             for _ in range(5):
-                run()
+                model(x)
     by_shape: dict[str, dict] = {}
     for e in prof.key_averages(group_by_input_shape=True):
         if "convolution" in e.key and e.input_shapes:  # the wrappers' self time is small; the kernel's is not

@@ -64,7 +64,7 @@ def test_offset_actions_are_centred_on_the_uniform_strategy(trained_small, digit
     _, _, info = run_episode(env, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
     uniform = env.space.uniform(0.5, env.min_keep)
     np.testing.assert_allclose(info["strategy"], env.space.fill(uniform, 0.5))
-    for ratio in (0.1, 0.3, env.episode.uniform_ratio, 0.9, 1.0):
+    for ratio in (0.1, 0.3, env.episode.centre[0], 0.9, 1.0):
         assert env.episode.keep_ratio(env.episode.action_for(ratio)) == pytest.approx(ratio)
 
 
@@ -177,17 +177,17 @@ def test_proxy_finetune_steps_train_the_pruned_model_before_scoring(trained_smal
         ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=-1, space=env.space)
 
 
-def test_uniform_baseline_is_measured_on_a_grid_and_interpolated(trained_small, digits, env):
+def test_prior_baseline_is_measured_on_a_grid_and_interpolated(trained_small, digits, env):
     model, _ = trained_small
     fresh = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.space)
     step = fresh.BASELINE_STEP
-    at_anchor = fresh.uniform_baseline(0.5)
+    at_anchor = fresh.prior_baseline(0.5)
     expected = fresh.evaluate_strategy(fresh.space.fill(fresh.space.uniform(0.5, fresh.min_keep), 0.5))
     assert at_anchor == pytest.approx(expected)
-    lo, hi = fresh.uniform_baseline(0.5), fresh.uniform_baseline(0.5 + step)
-    assert fresh.uniform_baseline(0.5 + step / 4) == pytest.approx(0.75 * lo + 0.25 * hi)
+    lo, hi = fresh.prior_baseline(0.5), fresh.prior_baseline(0.5 + step)
+    assert fresh.prior_baseline(0.5 + step / 4) == pytest.approx(0.75 * lo + 0.25 * hi)
     for target in np.linspace(0.3, 0.7, 40):  # 40 distinct targets, 9 anchors
-        fresh.uniform_baseline(float(target))
+        fresh.prior_baseline(float(target))
     assert len(fresh._baselines) <= round(0.4 / step) + 1
 
 
@@ -202,7 +202,7 @@ def test_zero_offset_actions_give_the_priors_strategy(trained_small, digits, env
     else:
         expected = space.uniform(0.5, env2.min_keep)
     assert info["kept_channels"] == space.keep_counts(space.fill(expected, 0.5)).tolist()
-    assert env2.uniform_baseline(0.5) == pytest.approx(info["proxy_accuracy"])
+    assert env2.prior_baseline(0.5) == pytest.approx(info["proxy_accuracy"])
 
 
 def test_unknown_prior_is_a_clear_error(trained_small, digits):

@@ -32,7 +32,7 @@ def _reward_error_log_flops(acc: float, flops: int, target: float, env: ChannelP
 
 
 def _reward_relative(acc: float, flops: int, target: float, env: ChannelPruningEnv) -> float:
-    return acc - env.uniform_baseline(target)
+    return acc - env.prior_baseline(target)
 
 
 REWARDS: dict[str, RewardFn] = {
@@ -266,9 +266,9 @@ class ChannelPruningEnv(gym.Env):
         """Proxy accuracy of a strategy (keep ratios), through the same cache as episodes."""
         return self._score(self.space.keep_counts(strategy)).accuracy
 
-    BASELINE_STEP = 0.05  # spacing of the targets where the uniform baseline is measured
+    BASELINE_STEP = 0.05  # spacing of the targets where the prior's baseline is measured
 
-    def uniform_baseline(self, target: float) -> float:
+    def prior_baseline(self, target: float) -> float:
         """Proxy accuracy of the prior's strategy (what an all-zero ``offset`` policy ends with: the
         uniform strategy, or the global ranking's) at ``target``.
 
@@ -281,11 +281,11 @@ class ChannelPruningEnv(gym.Env):
         below = math.floor(target / step + 1e-9)
         lo, hi = below * step, (below + 1) * step
         if abs(target - lo) < 1e-9:
-            return self._uniform_at(lo)
+            return self._prior_at(lo)
         w = (target - lo) / step
-        return (1 - w) * self._uniform_at(lo) + w * self._uniform_at(min(hi, 1.0))
+        return (1 - w) * self._prior_at(lo) + w * self._prior_at(min(hi, 1.0))
 
-    def _uniform_at(self, target: float) -> float:
+    def _prior_at(self, target: float) -> float:
         key = round(target, 4)
         if key not in self._baselines:
             target = min(max(key, self.space.min_flops_ratio(self.min_keep)), 1.0)

@@ -65,7 +65,6 @@ class StrategyEpisode:
         self.floor = space.min_flops_ratio(min_keep)
         self.features = self._static_features()
         self.target = 1.0
-        self.uniform_ratio = 1.0
         self.centre = np.ones(space.num_groups)
         self.index = 0
         self.counts = space.channels.copy()
@@ -88,7 +87,6 @@ class StrategyEpisode:
             raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio reachable with "
                                  f"min_keep={self.min_keep:g} ({self.floor:.3f})")
         self.target = target
-        self.uniform_ratio = float(self.space.uniform(target, self.min_keep)[0])
         self.centre = np.clip(np.asarray(self.prior(target), dtype=np.float64), self.min_keep, 1.0)
         self.counts = self.space.channels.copy()  # undecided groups count as whole
         self.index = 0

@@ -302,7 +302,7 @@ class PruningSpace:
         normalised = np.concatenate([np.asarray(s, float) / (np.abs(s).mean() + 1e-12) for s in scores])
         owner = np.concatenate([np.full(len(s), g) for g, s in enumerate(scores)])
         order = owner[np.argsort(normalised, kind="stable")]  # group of each channel, least important first
-        floor = self.keep_counts(np.full(self.num_groups, float(min_keep))) if min_keep > 0 else np.ones(self.num_groups, int)
+        floor = self.keep_counts(np.full(self.num_groups, float(min_keep)))  # at least one channel
         limit = target * self.dense_flops
 
         def counts_after(k: int) -> np.ndarray:
