@@ -29,6 +29,9 @@ from autoprune.errors import AutopruneError
 from autoprune.utils import atomic_path
 
 SCHEDULES = ("onecycle", "cosine")
+# "bf16" runs forward and backward under CPU autocast (convs and matmuls in bfloat16, weights and the
+# optimizer in float32): about 2x faster on CPUs with AVX512-BF16 or AMX, slower on older ones.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None  # cap for quick runs (tests, demo)
     swa_epochs: int = 0  # epochs of weight averaging after the main schedule (0: off)
     swa_lr: float = 0.05  # constant learning rate during weight averaging
+    precision: str = "fp32"  # one of PRECISIONS
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.swa_epochs < 0:
@@ -62,6 +66,8 @@ class TrainConfig:
             raise AutopruneError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.distill_alpha <= 1:
             raise AutopruneError("distill_alpha must be in [0, 1]")
+        if self.precision not in PRECISIONS:
+            raise AutopruneError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -183,12 +189,15 @@ def fit(
         label = "swa " if averaging else ""
         bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{total_epochs}", unit="batch", leave=False, disable=not progress, mininterval=1)
         for x, y in bar:
-            logits = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+            logits = logits.float()  # losses in float32 whatever the precision of the forward pass
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
+                kd = distillation_loss(logits, teacher_logits.float(), config.distill_temperature)
                 loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

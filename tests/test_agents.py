@@ -121,6 +121,17 @@ def test_every_baseline_meets_the_budget(env, name):
         assert 0 <= result.proxy_accuracy <= 1 and result.seconds >= 0
 
 
+def test_uniform_baseline_spends_what_coarse_rounding_leaves(trained_small, digits):
+    model, _ = trained_small
+    coarse = ChannelPruningEnv(model=model, splits=digits, round_to=8)
+    target = 0.55
+    plain = coarse.space.uniform(target, coarse.min_keep)
+    filled = create_searcher("uniform").search(coarse, target).strategy
+    assert coarse.space.flops_ratio(plain) < target - 0.02  # one shared ratio in steps of 8 channels falls short
+    assert in_budget(coarse.space.flops_ratio(filled), target)
+    assert np.all(coarse.space.keep_counts(filled) >= coarse.space.keep_counts(plain))
+
+
 def test_evaluate_writes_the_report(policy_dir, env, tmp_path):
     out, ckpt = policy_dir
     policy = load_policy(out, checkpoint=ckpt)
@@ -135,6 +146,20 @@ def test_evaluate_writes_the_report(policy_dir, env, tmp_path):
         assert in_budget(row["achieved_flops_ratio"], row["target"])
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 7
+
+
+def test_evaluate_repeats_the_fine_tune_over_seeds(env, tmp_path):
+    one = evaluate_methods(env, [0.5], None, ["uniform"], finetune_epochs=1, seed=3, log=lambda s: None)[0]
+    two = evaluate_methods(env, [0.5], None, ["uniform"], finetune_epochs=1, seed=3, finetune_seeds=2, log=lambda s: None)[0]
+    runs = two["finetuned_test_accuracies"]
+    assert len(runs) == 2 and runs[0] == one["finetuned_test_accuracy"]  # the first seed is the single-seed run
+    assert two["finetuned_test_accuracy"] == pytest.approx(np.mean(runs))
+    assert two["finetuned_test_accuracy_std"] == pytest.approx(np.std(runs, ddof=1))
+    assert one["finetuned_test_accuracy_std"] is None
+    write_report([two], tmp_path, {"test": True})
+    assert " ± " in (tmp_path / "results.md").read_text()
+    with pytest.raises(AutopruneError, match="finetune_seeds"):
+        evaluate_methods(env, [0.5], None, ["uniform"], finetune_epochs=1, finetune_seeds=0)
 
 
 def test_cli_prune_writes_model_and_summary(policy_dir, tmp_path, capsys):

@@ -24,6 +24,8 @@ def test_train_then_info(tmp_path, capsys):
     (["train", "--arch", "smallcnn", "--data", "imagefolder", "--data-dir", "/nonexistent", "--out", "x.pt"], "does not exist"),
     (["train", "--arch", "smallcnn", "--epochs", "0", "--out", "x.pt"], "nothing to train"),
     (["info", "missing.pt"], "does not exist"),
+    (["evaluate", "--checkpoint", "missing.pt", "--targets", "0.5", "--finetune-seeds", "0", "--out", "r"], "--finetune-seeds must be >= 1"),
+    (["evaluate", "--checkpoint", "missing.pt", "--targets", "0.5", "--finetune-seeds", "3", "--out", "r"], "needs --finetune-epochs"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, cwd=tmp_path)

@@ -74,3 +74,16 @@ def test_warm_restart_with_averaging_from_the_cli(tmp_path):
     assert meta["history"][0]["swa"]
     assert main(["train", *common, "--epochs", "1", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "c.pt")]) != 0
     assert not (tmp_path / "c.pt").exists()
+
+
+def test_bf16_training_learns_and_keeps_float32_weights(digits):
+    model = _fresh()
+    result = fit(model, digits, TrainConfig(epochs=2, batch_size=64, lr=0.1, precision="bf16"), progress=False, log=lambda line: None)
+    assert result.history[-1]["val_accuracy"] > 50  # ten classes: chance is 10%
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(AutopruneError, match="unknown precision 'fp16'"):
+        TrainConfig(precision="fp16")

@@ -6,7 +6,8 @@ data-free ``StrategyEpisode`` (whose action wall enforces the budget) and the pr
 ========== ==============================================================================================
 name       method
 ========== ==============================================================================================
-uniform    one keep ratio for every group (the largest meeting the target)
+uniform    one keep ratio for every group (the largest meeting the target); where the environment fills
+           the budget, what rounding to whole channels leaves is spent the same way as for the policy
 global     global channel ranking: remove the globally least important channels (scores normalised
            per group, as in torch-pruning's global pruning) until the target is met
 random     best of N random strategies (random actions through the action wall), scored by the proxy
@@ -67,7 +68,10 @@ def list_searchers() -> list[str]:
 @SEARCHERS.register("uniform")
 class Uniform(Searcher):
     def _search(self, env, target, episodes, rng):  # type: ignore[no-untyped-def]
-        return env.space.uniform(target, env.min_keep), 0
+        strategy = env.space.uniform(target, env.min_keep)
+        # with coarse rounding (round_to=8 on 16-channel groups) one shared ratio can land far under the
+        # target; the policy's episodes get the leftover budget filled, so the baseline gets it too
+        return (env.space.fill(strategy, target) if env.episode.fill_budget else strategy), 0
 
 
 @SEARCHERS.register("global")

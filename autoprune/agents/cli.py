@@ -78,6 +78,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", choices=["global", "uniform"],
                    help="prior of the searching baselines' offset actions, e.g. AMC (default: the policy's, else global)")
     p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--finetune-seeds", type=int, metavar="N",
+                   help="fine-tune every pruned model N times (seeds seed..seed+N-1) and report mean and standard "
+                        "deviation (default 1)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
@@ -176,6 +179,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     unknown = [b for b in baselines if b not in list_searchers()]
     if unknown:
         raise AutopruneError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(list_searchers())}")
+    if args.finetune_seeds is not None and args.finetune_seeds < 1:
+        raise AutopruneError(f"--finetune-seeds must be >= 1, got {args.finetune_seeds}")
+    if args.finetune_seeds is not None and args.finetune_seeds > 1 and args.finetune_epochs < 1:
+        raise AutopruneError("--finetune-seeds needs --finetune-epochs >= 1: there is nothing to repeat without a fine-tune")
     model, payload = load_model(args.checkpoint)
     policy = load_policy(args.policy, model=model) if args.policy else None
     criterion = args.criterion or (policy.meta["criterion"] if policy else "l1")
@@ -204,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         done = saved["rows"]
         print(f"resuming: {len(done)} rows already in {previous}")
     rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr,
-                            args.seed, policy_best_of=args.policy_best_of, done=done, on_row=lambda rows: write_report(rows, args.out, config))
+                            args.seed, policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done, on_row=lambda rows: write_report(rows, args.out, config))
     write_report(rows, args.out, config)
     print(markdown_table(rows))
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")

@@ -3,10 +3,15 @@
 For every method x target: achieved FLOPs ratio, parameters, proxy accuracy, test accuracy after BN
 recalibration, test accuracy after the same fine-tune, and the search cost. Writes ``results.json``,
 ``results.csv``, ``results.md`` and ``pareto.png``.
+
+A one-epoch fine-tune moves by about half a point from one seed to the next, as much as many
+differences between methods; ``finetune_seeds`` > 1 repeats every fine-tune with consecutive seeds
+(the same seeds for every method, so differences are paired) and reports mean and standard deviation.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -22,12 +27,13 @@ from autoprune.agents.baselines import create_searcher
 from autoprune.agents.policy import ConditionalPolicy
 from autoprune.data import BatchLoader
 from autoprune.envs import ChannelPruningEnv
+from autoprune.errors import AutopruneError
 from autoprune.pruning import count_params
 from autoprune.training import TrainConfig, evaluate, fit, recalibrate_bn
 from autoprune.utils import versions, write_text_atomic
 
 COLUMNS = ("method", "target", "achieved_flops_ratio", "params", "proxy_accuracy", "test_accuracy",
-           "finetuned_test_accuracy", "search_episodes", "search_seconds")
+           "finetuned_test_accuracy", "finetuned_test_accuracy_std", "search_episodes", "search_seconds")
 
 
 def evaluate_methods(
@@ -40,6 +46,7 @@ def evaluate_methods(
     finetune_lr: float = 0.01,
     seed: int = 0,
     policy_best_of: int = 1,
+    finetune_seeds: int = 1,
     log: Callable[[str], None] = print,
     done: Sequence[dict[str, Any]] = (),
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
@@ -48,9 +55,14 @@ def evaluate_methods(
 
     ``policy_best_of`` > 1 scores that many policy rollouts plus the search's best strategies for the
     target on the proxy (``ConditionalPolicy.best_strategy``); those evaluations count as search cost.
+    ``finetune_seeds`` > 1 fine-tunes each pruned model that many times (seeds ``seed``, ``seed + 1``, ...):
+    ``finetuned_test_accuracy`` is then the mean, ``finetuned_test_accuracy_std`` the sample standard
+    deviation and ``finetuned_test_accuracies`` the single runs.
     ``done`` holds rows from an earlier, interrupted run (they are kept, not recomputed);
     ``on_row(rows)`` is called after every new row, e.g. to save progress.
     """
+    if finetune_seeds < 1:
+        raise AutopruneError(f"finetune_seeds must be >= 1, got {finetune_seeds}")
     space, splits = env.space, env.splits
     rows = list(done)
     finished = {(r["method"], round(r["target"], 6)) for r in rows}
@@ -90,24 +102,37 @@ def evaluate_methods(
                    "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist(),
                    "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be
             if finetune_epochs > 0:
-                config = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, schedule="cosine", seed=seed)
-                fit(pruned, splits, config, progress=False, log=lambda s: None)
-                row["finetuned_test_accuracy"] = evaluate(pruned, splits.test)
+                accuracies = []
+                for s in range(seed, seed + finetune_seeds):
+                    tuned = copy.deepcopy(pruned)
+                    config = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, schedule="cosine", seed=s)
+                    fit(tuned, splits, config, progress=False, log=lambda line: None)
+                    accuracies.append(evaluate(tuned, splits.test))
+                row["finetuned_test_accuracy"] = float(np.mean(accuracies))
+                row["finetuned_test_accuracy_std"] = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None
+                row["finetuned_test_accuracies"] = accuracies
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
             log(f"{name:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  proxy {row['proxy_accuracy']:.3f}  "
-                f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {row['finetuned_test_accuracy']:.2f}%" if finetune_epochs else ""))
+                f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {_finetuned(row)}%" if finetune_epochs else ""))
     return rows
+
+
+def _finetuned(row: dict[str, Any]) -> str:
+    """'84.24', or '84.24 ± 0.31' when the row holds several fine-tune seeds; '—' without a fine-tune."""
+    if row["finetuned_test_accuracy"] is None:
+        return "—"
+    std = row.get("finetuned_test_accuracy_std")
+    return f"{row['finetuned_test_accuracy']:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| method | target | FLOPs ratio | params | proxy | test acc | fine-tuned | search episodes | search s |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        ft = "—" if r["finetuned_test_accuracy"] is None else f"{r['finetuned_test_accuracy']:.2f}"
         lines.append(f"| {r['method']} | {r['target']:.2f} | {r['achieved_flops_ratio']:.3f} | {r['params']:,} | "
-                     f"{r['proxy_accuracy']:.3f} | {r['test_accuracy']:.2f} | {ft} | {r['search_episodes']} | {r['search_seconds']:.1f} |")
+                     f"{r['proxy_accuracy']:.3f} | {r['test_accuracy']:.2f} | {_finetuned(r)} | {r['search_episodes']} | {r['search_seconds']:.1f} |")
     methods = {r["method"] for r in rows}
     if "policy" in methods:
         lines.append("")
@@ -130,8 +155,9 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     key = "finetuned_test_accuracy" if rows and rows[0]["finetuned_test_accuracy"] is not None else "test_accuracy"
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r["achieved_flops_ratio"], r[key]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts), marker="o", label=method)
+        pts = sorted((r["achieved_flops_ratio"], r[key], r.get(f"{key}_std") or 0.0) for r in rows if r["method"] == method)
+        x, y, err = zip(*pts)
+        ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=method)
     ax.set_xlabel("FLOPs ratio (pruned / dense)")
     ax.set_ylabel("test accuracy (%)" + (" after fine-tune" if key.startswith("finetuned") else ""))
     ax.grid(alpha=0.3)
