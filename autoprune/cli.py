@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from autoprune.cli_common import COMMANDS, command, data_args
+from autoprune.cli_common import COMMANDS, command, data_args, precision_arg
 from autoprune.errors import AutopruneError
 
 # Modules that add sub-commands: each has ``add_parsers(subparsers)`` and registers handlers with ``@command``.
@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swa-epochs", type=int, default=0,
                    help="after the schedule, average the weights over this many constant-lr epochs (SWA)")
     p.add_argument("--swa-lr", type=float, default=0.05, help="learning rate during weight averaging")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: bfloat16 autocast for forward/backward, about 2x faster on CPUs with AVX512-BF16 or AMX")
+    precision_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same arch and classes) instead of a random init: "
@@ -129,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          schedule=args.schedule, label_smoothing=args.label_smoothing, seed=args.seed,
-                         swa_epochs=args.swa_epochs, swa_lr=args.swa_lr, precision=args.precision)
+                         swa_epochs=args.swa_epochs, swa_lr=args.swa_lr, precision=args.precision or "fp32")
     splits = load_splits(args.data, args.data_dir, args.val_size)
     seed_everything(args.seed)
     model = models.create(args.arch, num_classes=splits.num_classes, in_channels=splits.input_shape[0])

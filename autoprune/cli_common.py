@@ -18,6 +18,13 @@ def command(name: str) -> Callable:
     return decorator
 
 
+def precision_arg(p: argparse.ArgumentParser, what: str = "training") -> None:
+    """``--precision``; ``None`` when not given, so reports written before the option existed still resume."""
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help=f"arithmetic of the {what}: fp32 (default) or bf16 autocast, about 1.7x faster on CPUs "
+                        "with AVX512-BF16 or AMX")
+
+
 def data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
     p.add_argument("--data", default=default, help="data set: digits (embedded default), cifar10, cifar100, imagefolder")
     p.add_argument("--data-dir", help="data folder (torchvision CIFAR root or an ImageFolder tree with train/ and test/)")

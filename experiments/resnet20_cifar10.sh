@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-data result: one conditional search on ResNet-20 / CIFAR-10, then the policy against
 # uniform and global ranking at five targets, and AMC (one search per target, the same episode count)
-# at the three targets 0.3 / 0.5 / 0.7, all under the same fine-tune budget. The AMC runs go in a
+# at the three targets 0.3 / 0.5 / 0.7, all under the same fine-tune budget (one epoch, bf16 autocast,
+# repeated with three seeds). The AMC runs go in a
 # second process beside the policy's (one thread each); the two reports are then merged. Every step
 # resumes where it stopped when the script is run again.
 set -euo pipefail
@@ -15,7 +16,8 @@ POLICY=${POLICY:-policies/resnet20-cifar10}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
-FT=(--finetune-epochs 1 --seed 0)
+SEEDS=${SEEDS:-3}  # every fine-tune is repeated with this many seeds: mean ± std per row
+FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" --precision bf16 --seed 0)
 
 search=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets "$RANGE" --episodes "$EPISODES"
         --proxy-images "$PROXY" --seed 0 --out "$POLICY" --no-progress)

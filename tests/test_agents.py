@@ -8,7 +8,7 @@ import torch
 from autoprune import AutopruneError, models
 from autoprune.agents import SearchConfig, list_agents, load_policy, search
 from autoprune.agents.baselines import create_searcher, list_searchers
-from autoprune.agents.evaluate import evaluate_methods, write_report
+from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
 from autoprune.cli import main
 from autoprune.envs import ChannelPruningEnv
 
@@ -146,6 +146,18 @@ def test_evaluate_writes_the_report(policy_dir, env, tmp_path):
         assert in_budget(row["achieved_flops_ratio"], row["target"])
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 7
+
+
+def test_report_charges_the_policy_one_search_plus_its_queries():
+    def row(method, target, seconds, **extra):
+        return {"method": method, "target": target, "achieved_flops_ratio": target, "params": 1, "proxy_accuracy": 0.5,
+                "test_accuracy": 50.0, "finetuned_test_accuracy": None, "search_episodes": 1, "search_seconds": seconds, **extra}
+
+    rows = [row("policy", t, 100 + q, query_seconds=q) for t, q in ((0.3, 4), (0.5, 6), (0.6, 50))]
+    rows += [row("amc", t, 300) for t in (0.3, 0.5)]
+    line = markdown_table(rows).splitlines()[-1]
+    assert "amc 600 s over 2 targets" in line and "policy 100 s of search" in line
+    assert "+ 10 s of queries" in line and "(0.18 of amc's time)" in line  # (100 + 4 + 6) / 600
 
 
 def test_evaluate_repeats_the_fine_tune_over_seeds(env, tmp_path):

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from autoprune.cli_common import command, data_args
+from autoprune.cli_common import command, data_args, precision_arg
 from autoprune.errors import AutopruneError
 
 
@@ -59,6 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the base model")
+    precision_arg(p, "fine-tune")
     p.add_argument("--allow-extrapolation", action="store_true", help="allow a target outside the trained range")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="pruned model file (.pt); a .json summary is written beside it")
@@ -81,6 +82,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-seeds", type=int, metavar="N",
                    help="fine-tune every pruned model N times (seeds seed..seed+N-1) and report mean and standard "
                         "deviation (default 1)")
+    precision_arg(p, "fine-tunes")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
@@ -151,7 +153,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.finetune_epochs > 0:
         from autoprune.deploy.finetune import finetune
 
-        finetune(pruned, splits, args.finetune_epochs, teacher=base if args.distill else None, lr=args.lr, seed=args.seed)
+        finetune(pruned, splits, args.finetune_epochs, teacher=base if args.distill else None, lr=args.lr, seed=args.seed,
+                 precision=args.precision or "fp32")
         summary["test_accuracy"] = evaluate(pruned, splits.test)
     save_model(out, pruned, payload["arch"], payload["num_classes"],
                dict(summary, kind="pruned", dataset=splits.train.name, val_size=splits.val_size,
@@ -211,7 +214,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         done = saved["rows"]
         print(f"resuming: {len(done)} rows already in {previous}")
     rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr,
-                            args.seed, policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done, on_row=lambda rows: write_report(rows, args.out, config))
+                            args.seed, policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1,
+                            finetune_precision=args.precision or "fp32", done=done, on_row=lambda rows: write_report(rows, args.out, config))
     write_report(rows, args.out, config)
     print(markdown_table(rows))
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprune.cli_common import command, data_args
+from autoprune.cli_common import command, data_args, precision_arg
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    precision_arg(p, "fine-tune")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
     p.add_argument("--no-progress", action="store_true")
@@ -77,7 +78,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
           + (f", distilling from {args.teacher}" if teacher is not None else ""))
     result = finetune(model, splits, args.epochs, teacher=teacher, lr=args.lr, batch_size=args.batch_size,
                       weight_decay=args.weight_decay, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
-                      progress=not args.no_progress)
+                      precision=args.precision or "fp32", progress=not args.no_progress)
     test_acc = evaluate(model, splits.test)
     meta = dict(payload["meta"])
     meta.update({"dataset": splits.train.name, "val_size": splits.val_size, "input_shape": list(splits.input_shape),

@@ -53,6 +53,7 @@ def finetune(
     seed: int = 0,
     recalibrate: bool = True,
     max_batches_per_epoch: int | None = None,
+    precision: str = "fp32",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
@@ -64,7 +65,7 @@ def finetune(
     """
     config = TrainConfig(epochs=epochs, batch_size=min(batch_size, len(splits.train)), lr=lr, weight_decay=weight_decay,
                          schedule="cosine", seed=seed, distill_temperature=temperature, distill_alpha=alpha,
-                         max_batches_per_epoch=max_batches_per_epoch)
+                         max_batches_per_epoch=max_batches_per_epoch, precision=precision)
     if teacher is not None:
         _check_teacher(model, teacher, splits)
     if recalibrate:
