@@ -21,8 +21,8 @@ def command(name: str) -> Callable:
 def precision_arg(p: argparse.ArgumentParser, what: str = "training") -> None:
     """``--precision``; ``None`` when not given, so reports written before the option existed still resume."""
     p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help=f"arithmetic of the {what}: fp32 (default) or bf16 autocast, about 1.7x faster on CPUs "
-                        "with AVX512-BF16 or AMX")
+                   help=f"arithmetic of the {what}: fp32 (default) or bf16 autocast, about 1.6x faster on CPUs "
+                        "with AVX512-BF16 or AMX, possibly slower on others")
 
 
 def data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:

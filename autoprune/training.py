@@ -30,7 +30,7 @@ from autoprune.utils import atomic_path
 
 SCHEDULES = ("onecycle", "cosine")
 # "bf16" runs forward and backward under CPU autocast (convs and matmuls in bfloat16, weights and the
-# optimizer in float32): about 2x faster on CPUs with AVX512-BF16 or AMX, slower on older ones.
+# optimizer in float32): about 1.6x faster per step on CPUs with AVX512-BF16 or AMX, possibly slower on CPUs with neither.
 PRECISIONS = ("fp32", "bf16")
 
 

@@ -2,9 +2,9 @@
 # The real-data result: one conditional search on ResNet-20 / CIFAR-10, then the policy against
 # uniform and global ranking at five targets, and AMC (one search per target, the same episode count)
 # at the three targets 0.3 / 0.5 / 0.7, all under the same fine-tune budget (one epoch, bf16 autocast,
-# repeated with three seeds). The AMC runs go in a
-# second process beside the policy's (one thread each); the two reports are then merged. Every step
-# resumes where it stopped when the script is run again.
+# repeated with three seeds). The AMC runs go in a second process beside the policy's (one thread
+# each); the two reports are then merged. Every step resumes where it stopped when the script is run
+# again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
