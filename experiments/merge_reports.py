@@ -20,7 +20,8 @@ from autoprune.agents.evaluate import markdown_table, write_report
 from autoprune.errors import AutopruneError
 
 # What makes rows comparable across runs: the same base model, data, split and fine-tune budget.
-SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs", "finetune_seeds", "lr", "seed", "criterion")
+SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs", "finetune_seeds", "precision", "lr",
+          "seed", "criterion")
 
 
 def merge(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
