@@ -146,6 +146,11 @@ def test_evaluate_writes_the_report(policy_dir, env, tmp_path):
         assert in_budget(row["achieved_flops_ratio"], row["target"])
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 7
+    # the one search is charged to the first target only; each row carries its own query, nothing of the baselines'
+    first, second = (r for r in rows if r["method"] == "policy")
+    assert first["search_seconds"] == pytest.approx(policy.meta["search_seconds"] + first["query_seconds"], abs=0.02)
+    assert first["search_episodes"] == policy.meta["episodes"] and second["search_episodes"] == 0
+    assert 0 <= second["query_seconds"] == second["search_seconds"] < policy.meta["search_seconds"]
 
 
 def test_report_charges_the_policy_one_search_plus_its_queries():
