@@ -3,8 +3,9 @@
 # uniform and global ranking at five targets, and AMC (one search per target, the same episode count)
 # at the three targets 0.3 / 0.5 / 0.7, all under the same fine-tune budget (one epoch, bf16 autocast,
 # repeated with three seeds). The AMC runs go in a second process beside the policy's (one thread
-# each); the two reports are then merged. Every step resumes where it stopped when the script is run
-# again.
+# each); the two reports are then merged. Then the same search with a second seed, evaluated alone,
+# shows how much one search's result depends on its seed. Every step resumes where it stopped when
+# the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
@@ -13,26 +14,36 @@ EPISODES=${EPISODES:-400}
 PROXY=${PROXY:-1000}
 RANGE=${RANGE:-0.25:0.75}  # the search's target range: covers every evaluated target with a margin
 POLICY=${POLICY:-policies/resnet20-cifar10}
+POLICY_SEED1=${POLICY_SEED1:-policies/resnet20-cifar10-seed1}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-3}  # every fine-tune is repeated with this many seeds: mean ± std per row
 FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" --precision bf16 --seed 0)
 
-search=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets "$RANGE" --episodes "$EPISODES"
-        --proxy-images "$PROXY" --seed 0 --out "$POLICY" --no-progress)
-
 resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
 
-policy_run() {
-    if [ -f "$POLICY/resume/state.json" ]; then
-        "${search[@]}" --resume          # continue an interrupted search
-    elif [ ! -f "$POLICY/policy.json" ]; then
-        "${search[@]}"                   # a committed, finished policy is used as it is
+search() {  # search SEED OUT
+    local cmd=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets "$RANGE" --episodes "$EPISODES"
+               --proxy-images "$PROXY" --seed "$1" --out "$2" --no-progress)
+    if [ -f "$2/resume/state.json" ]; then
+        "${cmd[@]}" --resume          # continue an interrupted search
+    elif [ ! -f "$2/policy.json" ]; then
+        "${cmd[@]}"                   # a committed, finished policy is used as it is
     fi
-    $AP --threads 1 evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" \
-        --targets 0.3,0.42,0.5,0.63,0.7 --baselines uniform,global --policy-best-of 8 "${FT[@]}" \
-        --out "$REPORT/runs/policy" $(resumable "$REPORT/runs/policy")
+}
+
+evaluate_policy() {  # evaluate_policy POLICY_DIR BASELINES REPORT_DIR
+    $AP --threads 1 evaluate --policy "$1" --checkpoint "$CKPT" --data-dir "$DATA" \
+        --targets 0.3,0.42,0.5,0.63,0.7 --baselines "$2" --policy-best-of 8 "${FT[@]}" \
+        --out "$3" $(resumable "$3")
+}
+
+policy_run() {
+    search 0 "$POLICY"
+    evaluate_policy "$POLICY" uniform,global "$REPORT/runs/policy"
+    search 1 "$POLICY_SEED1"
+    evaluate_policy "$POLICY_SEED1" "" "$REPORT/search-seed1"
 }
 
 amc_run() {
