@@ -87,10 +87,10 @@ def evaluate_methods(
             else:
                 strategy, _, scored = policy.best_strategy(t, env.evaluate_strategy, policy_best_of, seed,
                                                            allow_extrapolation=True)
-            query_seconds[round(t, 6)] = time.perf_counter() - t0
-            first = round(t, 6) == round(float(targets[0]), 6)
-            return (strategy, scored + (search_episodes if first else 0),
-                    query_seconds[round(t, 6)] + (search_seconds if first else 0.0))
+            key = round(t, 6)
+            query_seconds[key] = time.perf_counter() - t0
+            first = key == round(float(targets[0]), 6)
+            return strategy, scored + (search_episodes if first else 0), query_seconds[key] + (search_seconds if first else 0.0)
 
         methods.append(("policy", query))
     for name in baselines:
