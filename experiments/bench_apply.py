@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import tyro
 
 from autoprune import models
 from autoprune.pruning import PruningSpace
-from experiments.common import parse_config, write_report
+from experiments.common import write_report
 
 
 @dataclass
@@ -45,4 +46,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

@@ -9,7 +9,8 @@ Every shape spends (about) the same FLOPs; they differ in where the channels go:
   in proportion to the feature-map side, then filled.
 
 Latency does not depend on the weights, so a randomly initialised model is used unless a checkpoint
-is given. With ``profile`` the time of every convolution shape at the largest batch is written too.
+is given. With ``--profile`` (the default; ``--no-profile`` skips it) the time of every convolution shape
+at the largest batch is written too.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import tyro
 
 from autoprune import models
 from autoprune.checkpoint import load_model, save_model
 from autoprune.deploy.bench import bench, format_table, parse_batches
 from autoprune.pruning import PruningSpace
-from experiments.common import parse_config, shaped_strategy, write_report
+from experiments.common import shaped_strategy, write_report
 
 
 @dataclass
@@ -114,4 +116,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

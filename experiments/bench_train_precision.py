@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import tyro
 
 from autoprune import models
-from experiments.common import parse_config, write_report
+from experiments.common import write_report
 
 
 @dataclass
@@ -68,4 +69,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

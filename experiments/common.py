@@ -1,33 +1,40 @@
-"""Shared by the experiment scripts: parse a dataclass config from the command line, write reports."""
+"""Shared by the experiment scripts: the pruning task of a saved model, pruning shapes, reports.
+
+Each script parses its ``Config`` dataclass from the command line with ``tyro.cli`` (``--field-name value``;
+booleans as ``--flag`` / ``--no-flag``)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from autoprune.utils import versions, write_text_atomic
 
-C = TypeVar("C")
+if TYPE_CHECKING:
+    from autoprune.task import PruningTask
 
 
-def parse_config(cls: type[C]) -> C:
-    """``--field value`` for every dataclass field (bool fields take true/false)."""
-    parser = argparse.ArgumentParser(description=cls.__doc__)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        kind = f.type if isinstance(f.type, type) else eval(f.type)  # noqa: S307 -- our own annotations
-        if kind is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
-        elif kind in (int, float, str):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", default=f.default)
-    return cls(**vars(parser.parse_args()))
+@dataclasses.dataclass
+class TaskConfig:
+    """The fields of an experiment that scores strategies of a saved model."""
+
+    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
+    data_dir: str = "../shared/data/cifar10"  # data folder when the checkpoint's data set needs one
+    proxy_images: int = 1000  # validation images the accuracy proxy scores a strategy on
+    threads: int = 1  # CPU threads for torch
+
+
+def checkpoint_task(cfg: TaskConfig) -> PruningTask:
+    """The pruning task of ``cfg.checkpoint``'s model, with the data set and validation split it was trained on."""
+    from autoprune.task import PruningSettings, PruningTask
+
+    return PruningTask.from_checkpoint(cfg.checkpoint, PruningSettings(proxy_images=cfg.proxy_images),
+                                       data_dir=cfg.data_dir or None)
 
 
 def write_report(name: str, config: Any, results: dict[str, Any], markdown: str, out_dir: str = "docs/results") -> None:
@@ -71,14 +78,13 @@ def shaped_strategy(space: Any, shape: str, target: float, fill: bool = True) ->
         weight = side / side.max() if shape == "early" else side.min() / side
         floor = 1.0 / space.channels
 
-        def shaped(a: float) -> np.ndarray:  # pruned fraction a * weight per group
-            return np.clip(1.0 - a * weight, floor, 1.0)
+        top = 1.0 / weight.min()  # a pruned fraction of top * weight takes every group to its floor
 
-        lo, hi = 0.0, 1.0 / weight.min()  # hi prunes every group to its floor
-        for _ in range(40):  # the smallest a within the target; the fill then spends the rest
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if space.flops_ratio(shaped(mid)) <= target else (mid, hi)
-        strategy = shaped(hi)
+        def shaped(b: float) -> np.ndarray:  # pruned fraction a * weight per group, a = (1 - b) * top
+            return np.clip(1.0 - (1.0 - b) * top * weight, floor, 1.0)
+
+        # the smallest a (largest b) within the target; the fill then spends the rest
+        strategy = shaped(space.largest_within(shaped, target, steps=40))
     return space.fill(strategy, target) if fill else strategy
 
 

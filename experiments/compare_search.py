@@ -10,36 +10,30 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import tyro
 
 from autoprune.agents import SearchConfig, search
-from autoprune.checkpoint import load_model
-from autoprune.envs import ChannelPruningEnv
-from experiments.common import parse_config, write_report
+from experiments.common import TaskConfig, checkpoint_task, write_report
 
 
 @dataclass
-class Config:
-    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
+class Config(TaskConfig):
     data_dir: str = ""  # data folder when the checkpoint's data set needs one
     agents: str = "ddpg,td3,sac,ppo"
     rewards: str = "relative"
     action_modes: str = "offset"
     episodes: int = 300
-    proxy_images: int = 1000
     eval_targets: str = "0.3,0.42,0.5,0.63,0.7"
     seeds: str = "0"
     best_of: int = 1  # > 1: score the policy by ConditionalPolicy.best_strategy with this many rollouts
     name: str = "compare_search"
-    threads: int = 1
 
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     targets = [float(t) for t in cfg.eval_targets.split(",")]
-    model, payload = load_model(cfg.checkpoint)
-    env = ChannelPruningEnv(model=model, data_dir=cfg.data_dir or None, data=payload["meta"].get("dataset"),
-                            val_size=payload["meta"].get("val_size"), proxy_images=cfg.proxy_images)
-    uniform = {t: env.evaluate_strategy(env.space.uniform(t, env.min_keep)) for t in targets}
+    task = checkpoint_task(cfg)
+    uniform = {t: task.score(task.space.uniform(t, task.settings.min_keep)) for t in targets}
     rows = []
     for agent in cfg.agents.split(","):
         for reward in cfg.rewards.split(","):
@@ -47,15 +41,14 @@ def main(cfg: Config) -> None:
                 for seed in (int(s) for s in cfg.seeds.split(",")):
                     out = tempfile.mkdtemp()
                     t0 = time.perf_counter()
-                    policy = search(out, SearchConfig(agent=agent, reward=reward, action_mode=mode, episodes=cfg.episodes,
-                                                      proxy_images=cfg.proxy_images, seed=seed, checkpoint_every=cfg.episodes),
-                                    model=model, splits=env.splits, progress=False)
+                    config = SearchConfig(agent=agent, episodes=cfg.episodes, seed=seed, checkpoint_every=cfg.episodes)
+                    policy = search(out, config, task=task.derive(reward=reward, action_mode=mode), progress=False)
                     seconds = time.perf_counter() - t0
                     shutil.rmtree(out)
                     if cfg.best_of > 1:
-                        proxies = {t: policy.best_strategy(t, env.evaluate_strategy, cfg.best_of)[1] for t in targets}
+                        proxies = {t: policy.best_strategy(t, task.score, cfg.best_of)[1] for t in targets}
                     else:
-                        proxies = {t: env.evaluate_strategy(policy.strategy(t)) for t in targets}
+                        proxies = {t: task.score(policy.strategy(t)) for t in targets}
                     gains = [proxies[t] - uniform[t] for t in targets]
                     rows.append({"agent": agent, "reward": reward, "action_mode": mode, "seed": seed, "seconds": seconds,
                                  "proxy": proxies, "mean_gain_over_uniform": float(np.mean(gains)),
@@ -72,4 +65,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

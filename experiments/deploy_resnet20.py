@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import tyro
 
 from autoprune.checkpoint import load_model, save_model
 from autoprune.data import BatchLoader
@@ -18,7 +19,7 @@ from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace, count_flops, count_params
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import seed_everything
-from experiments.common import bench_in_fresh_processes, parse_config, shaped_strategy, write_report
+from experiments.common import bench_in_fresh_processes, shaped_strategy, write_report
 
 
 @dataclass
@@ -143,4 +144,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

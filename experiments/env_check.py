@@ -7,34 +7,34 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import tyro
 
 from autoprune import models
 from autoprune.checkpoint import load_model
 from autoprune.data import load_splits
 from autoprune.envs import ChannelPruningEnv
-from experiments.common import parse_config, write_report
+from autoprune.task import PruningSettings, PruningTask
+from experiments.common import TaskConfig, write_report
 
 
 @dataclass
-class Config:
-    arch: str = "resnet20"
+class Config(TaskConfig):
     checkpoint: str = ""  # a trained model; empty = random init (the budget rule and timings do not depend on weights)
-    data: str = "cifar10"
-    data_dir: str = "../shared/data/cifar10"
-    episodes: int = 200
     proxy_images: int = 500
+    arch: str = "resnet20"
+    data: str = "cifar10"
+    episodes: int = 200
     target_low: float = 0.2
     target_high: float = 0.9
     seed: int = 0
-    threads: int = 1
 
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     splits = load_splits(cfg.data, cfg.data_dir)
     model = load_model(cfg.checkpoint)[0] if cfg.checkpoint else models.create(cfg.arch, splits.num_classes)
-    env = ChannelPruningEnv(model=model, splits=splits, proxy_images=cfg.proxy_images,
-                            target_range=(cfg.target_low, cfg.target_high))
+    task = PruningTask(model, splits, PruningSettings(proxy_images=cfg.proxy_images))
+    env = ChannelPruningEnv(task, target_range=(cfg.target_low, cfg.target_high))
     env.action_space.seed(cfg.seed)
     met, gaps, episode_s, forward_s, prune_s = 0, [], [], [], []
     t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def main(cfg: Config) -> None:
             prune_s.append(info["time"]["prune_s"])
     overhead = 1 - sum(forward_s) / sum(episode_s)
     results = {
-        "groups": env.space.num_groups, "episodes": cfg.episodes, "budget_met": met, "budget_met_fraction": met / cfg.episodes,
+        "groups": task.space.num_groups, "episodes": cfg.episodes, "budget_met": met, "budget_met_fraction": met / cfg.episodes,
         "target_minus_achieved_max": max(gaps), "target_minus_achieved_mean": float(np.mean(gaps)),
         "uncached_episodes": len(episode_s), "episode_s_mean": float(np.mean(episode_s)),
         "proxy_forward_s_mean": float(np.mean(forward_s)), "prune_s_mean": float(np.mean(prune_s)),
@@ -60,11 +60,11 @@ def main(cfg: Config) -> None:
     }
     md = (f"| model | groups | episodes | budget met | max (target - achieved) | episode (s) | proxy forward (s) | "
           f"prune (s) | overhead |\n|---|---|---|---|---|---|---|---|---|\n"
-          f"| {cfg.arch} | {env.space.num_groups} | {cfg.episodes} | {met}/{cfg.episodes} | {max(gaps):.4f} | "
+          f"| {cfg.arch} | {task.space.num_groups} | {cfg.episodes} | {met}/{cfg.episodes} | {max(gaps):.4f} | "
           f"{results['episode_s_mean']:.3f} | {results['proxy_forward_s_mean']:.3f} | {results['prune_s_mean']:.3f} | "
           f"{100 * overhead:.1f}% |")
     write_report(f"env_check_{cfg.arch}", cfg, results, md)
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

@@ -2,9 +2,11 @@
 
 A report row holds one fine-tune with one seed; a one-epoch fine-tune moves by about half a point
 from seed to seed, as much as many gaps between methods. This takes the exact strategies of a
-committed report (its ``kept_channels``), prunes the same base model, re-estimates BN on the same
-batches and repeats the report's fine-tune with seeds ``seed``, ``seed + 1``, ...; seed ``seed`` is
-the report's own run. It reports mean ± standard deviation per row and, per target, each method's
+committed report (its ``kept_channels``), prunes the same base model, re-estimates BN and repeats
+the report's fine-tune recipe through ``autoprune.recovery`` with seeds ``seed``, ``seed + 1``, ...
+(a report written before the recipe was recorded used a cosine schedule from ``lr``; its rows are
+re-run with that recipe on the shared recovery path, so seed ``seed`` need not repeat its number
+exactly). It reports mean ± standard deviation per row and, per target, each method's
 gap to the policy with the standard deviation of the paired per-seed differences.
 Resumable: rows already in the output are kept.
 
@@ -19,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import tyro
 
 from autoprune.agents.common import fingerprint
-from autoprune.agents.evaluate import calibration_batches, finetuned_accuracies
 from autoprune.checkpoint import load_model
 from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace
+from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.training import recalibrate_bn
-from experiments.common import parse_config, write_report
+from experiments.common import write_report
 
 
 @dataclass
@@ -46,6 +49,14 @@ def report_settings(report: dict) -> dict:
     """The evaluation settings of a report (of its first part, for a merged one)."""
     config = report["config"]
     return next(iter(config["merged_from"].values())) if "merged_from" in config else config
+
+
+def report_recipe(settings: dict) -> FinetuneRecipe:
+    """The fine-tune recipe a report's rows were fine-tuned with."""
+    if settings.get("recipe"):
+        return FinetuneRecipe(**settings["recipe"])
+    return FinetuneRecipe(epochs=settings["finetune_epochs"], lr=settings["lr"], schedule="cosine",
+                          precision=settings.get("precision") or "fp32")
 
 
 def markdown(rows: list[dict], seeds: int) -> str:
@@ -72,7 +83,8 @@ def main(cfg: Config) -> None:
         raise SystemExit(f"{cfg.checkpoint} is not the base model of {cfg.report}; pass --checkpoint")
     splits = splits_for_model(payload, settings.get("data"), cfg.data_dir, settings.get("val_size"))
     space = PruningSpace(model, torch.zeros(1, *splits.input_shape))
-    calib = calibration_batches(splits, settings["seed"])
+    calib = calibration_batches(splits.train, seed=settings["seed"])
+    recipe = report_recipe(settings)
     targets = {round(float(t), 6) for t in cfg.targets.split(",") if t}
     methods = {m for m in cfg.methods.split(",") if m}
     wanted = [r for r in report["rows"] if (not targets or round(r["target"], 6) in targets)
@@ -89,7 +101,7 @@ def main(cfg: Config) -> None:
         recalibrate_bn(pruned, calib)
         row = {"method": source["method"], "target": source["target"], "seeds": cfg.seeds,
                "kept_channels": source["kept_channels"], "report_finetuned": source["finetuned_test_accuracy"],
-               **finetuned_accuracies(pruned, splits, settings["finetune_epochs"], settings["lr"], seeds)}
+               **finetuned_accuracies(pruned, splits, recipe, seeds, teacher=model)}
         rows.append(row)
         rows.sort(key=lambda r: (r["target"], r["method"] != "policy", r["method"]))
         print(f"{row['method']:>8} {row['target']:.2f}: {row['finetuned_test_accuracies']}", flush=True)
@@ -97,4 +109,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

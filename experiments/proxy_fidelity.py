@@ -12,51 +12,45 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import tyro
 from scipy.stats import spearmanr
 
-from autoprune.checkpoint import load_model
 from autoprune.data import DataSplits
-from autoprune.envs import ChannelPruningEnv
-from autoprune.envs.proxy import AccuracyProxy
+from autoprune.task import AccuracyProxy
 from autoprune.training import TrainConfig, evaluate, fit
-from experiments.common import parse_config, write_report
+from experiments.common import TaskConfig, checkpoint_task, write_report
 
 
 @dataclass
-class Config:
-    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
-    data_dir: str = "../shared/data/cifar10"
+class Config(TaskConfig):
+    proxy_images: int = 5000
+    threads: int = 2
     target: float = 0.5
     strategies: int = 20
-    proxy_images: int = 5000
     finetune_images: int = 10000
     finetune_epochs: int = 1
     finetune_lr: float = 0.02
     seed: int = 0
-    threads: int = 2
 
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
-    model, payload = load_model(cfg.checkpoint)
-    meta = payload["meta"]
-    env = ChannelPruningEnv(model=model, data=meta.get("dataset"), data_dir=cfg.data_dir or None,
-                            val_size=meta.get("val_size"), proxy_images=cfg.proxy_images)
-    plain = AccuracyProxy(env.splits, cfg.proxy_images, adaptive_bn=False)
+    task = checkpoint_task(cfg)
+    plain = AccuracyProxy(task.splits, cfg.proxy_images, adaptive_bn=False)
     rng = np.random.default_rng(cfg.seed)
-    subset = env.splits.train.subset(rng.permutation(len(env.splits.train))[: cfg.finetune_images])
-    short = DataSplits(subset, env.splits.val, env.splits.test, env.splits.val_size)
+    subset = task.splits.train.subset(rng.permutation(len(task.splits.train))[: cfg.finetune_images])
+    short = DataSplits(subset, task.splits.val, task.splits.test, task.splits.val_size)
     rows = []
     for i in range(cfg.strategies):
         t0 = time.perf_counter()
-        strategy = env.episode.run(cfg.target, rng.uniform(-1, 1, env.space.num_groups))
-        with_bn = env.evaluate_strategy(strategy)
-        without_bn = plain.score(env.space.apply(strategy, env.criterion))
-        pruned = env.space.apply(strategy, env.criterion)
+        strategy = task.episode().run(cfg.target, rng.uniform(-1, 1, task.space.num_groups))
+        with_bn = task.score(strategy)
+        without_bn = plain.score(task.apply(strategy))
+        pruned = task.apply(strategy)
         fit(pruned, short, TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, schedule="cosine", seed=cfg.seed),
             progress=False, log=lambda s: None)
-        tuned = evaluate(pruned, env.splits.test)
-        rows.append({"strategy": np.round(strategy, 4).tolist(), "flops_ratio": env.space.flops_ratio(strategy),
+        tuned = evaluate(pruned, task.splits.test)
+        rows.append({"strategy": np.round(strategy, 4).tolist(), "flops_ratio": task.space.flops_ratio(strategy),
                      "proxy_adaptive_bn": with_bn, "proxy_no_bn_recalibration": without_bn, "finetuned_test_accuracy": tuned})
         print(f"{i + 1}/{cfg.strategies}: proxy {with_bn:.4f} (no BN recal {without_bn:.4f}) fine-tuned {tuned:.2f}% "
               f"[{time.perf_counter() - t0:.0f}s]", flush=True)
@@ -71,4 +65,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

@@ -16,40 +16,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import tyro
 from scipy.stats import spearmanr
 
-from autoprune.checkpoint import load_model
-from autoprune.envs import ChannelPruningEnv
-from autoprune.envs.proxy import AccuracyProxy
-from experiments.common import parse_config, write_report
+from autoprune.task import AccuracyProxy
+from experiments.common import TaskConfig, checkpoint_task, write_report
 
 
 @dataclass
-class Config:
+class Config(TaskConfig):
     report: str = "docs/results/resnet20-cifar10"
-    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
-    data_dir: str = "../shared/data/cifar10"
-    proxy_images: int = 1000
     steps: str = "0,50,200"  # SGD steps before scoring; 0 = adaptive BN only
-    threads: int = 1
     name: str = "proxy_ranking_resnet20"
 
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     rows = json.loads((Path(cfg.report) / "results.json").read_text())["rows"]
-    model, payload = load_model(cfg.checkpoint)
-    meta = payload["meta"]
-    env = ChannelPruningEnv(model=model, data=meta.get("dataset"), data_dir=cfg.data_dir or None,
-                            val_size=meta.get("val_size"), proxy_images=cfg.proxy_images)
+    task = checkpoint_task(cfg)
     steps = [int(s) for s in cfg.steps.split(",")]
-    proxies = {n: AccuracyProxy(env.splits, cfg.proxy_images, finetune_steps=n) for n in steps}
+    proxies = {n: AccuracyProxy(task.splits, cfg.proxy_images, finetune_steps=n) for n in steps}
     for row in rows:
         t0 = time.perf_counter()
         # exact channel counts where the report has them: ratios rounded to 4 places can round a count differently
-        strategy = (np.asarray(row["kept_channels"]) / env.space.channels if "kept_channels" in row
+        strategy = (np.asarray(row["kept_channels"]) / task.space.channels if "kept_channels" in row
                     else np.asarray(row["strategy"]))
-        row["proxies"] = {str(n): p.score(env.space.apply(strategy, env.criterion)) for n, p in proxies.items()}
+        row["proxies"] = {str(n): p.score(task.apply(strategy)) for n, p in proxies.items()}
         print(f"{row['method']:>8} {row['target']:.2f}: " + "  ".join(f"{n} steps {v:.3f}" for n, v in row["proxies"].items())
               + f"  fine-tuned {row['finetuned_test_accuracy']:.2f}%  [{time.perf_counter() - t0:.0f}s]", flush=True)
 
@@ -82,4 +74,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(tyro.cli(Config, description=__doc__))

@@ -1,16 +1,22 @@
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import autoprune
 from autoprune import AutopruneError, models
 from autoprune.agents import SearchConfig, list_agents, load_policy, search
 from autoprune.agents.baselines import create_searcher, list_searchers
 from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
 from autoprune.cli import main
-from autoprune.envs import ChannelPruningEnv
+from autoprune.recovery import FinetuneRecipe
+from autoprune.task import PruningSettings, PruningTask
+
+ONE_EPOCH = FinetuneRecipe(epochs=1)
 
 
 def in_budget(ratio, target):
@@ -26,18 +32,20 @@ def policy_dir(trained_small, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(trained_small, digits):
+def task(trained_small, digits):
     model, _ = trained_small
-    return ChannelPruningEnv(model=model, splits=digits)
+    return PruningTask(model, digits)
 
 
 def test_search_saves_a_policy_that_reloads_with_the_same_strategies(policy_dir):
     out, ckpt = policy_dir
     meta = json.loads((out / "policy.json").read_text())
-    for key in ("base_fingerprint", "arch", "groups", "criterion", "target_range", "dataset", "seed", "versions",
-                "best_per_target_bin", "episodes", "prior"):
+    for key in ("base_fingerprint", "arch", "groups", "settings", "target_range", "dataset", "seed", "versions",
+                "best_per_target_bin", "episodes"):
         assert key in meta
-    assert meta["episodes"] == 12 and meta["arch"] == "smallcnn" and meta["prior"] == "global"
+    assert meta["episodes"] == 12 and meta["arch"] == "smallcnn"
+    assert PruningSettings.from_dict(meta["settings"]) == PruningSettings()  # the whole record, defaults here
+    assert (out / "importance.pt").is_file()
     rows = list(csv.DictReader(open(out / "progress.csv")))
     assert len(rows) == 12
     first = load_policy(out, checkpoint=ckpt)
@@ -53,9 +61,13 @@ def test_a_policy_saved_before_priors_existed_rolls_out_around_uniform(policy_di
     old = tmp_path / "old"
     shutil.copytree(out, old)
     meta = json.loads((old / "policy.json").read_text())
-    del meta["prior"]
+    # the layout of policy.json before the settings record and priors existed
+    settings = meta.pop("settings")
+    meta.update({k: v for k, v in settings.items() if k not in ("prior", "proxy_steps")}, proxy_finetune_steps=0)
     (old / "policy.json").write_text(json.dumps(meta))
+    (old / "importance.pt").unlink()
     policy = load_policy(old, checkpoint=ckpt)
+    assert policy.settings.prior == "uniform" and policy.settings.fill_budget  # absent prior: uniform
     episode = policy._episode()
     episode.reset(0.5)
     assert np.allclose(episode.centre, policy.space.uniform(0.5, meta["min_keep"]))
@@ -114,28 +126,28 @@ def test_every_agent_trains_a_conditional_policy(trained_small, tmp_path, agent)
 
 
 @pytest.mark.parametrize("name", list_searchers())
-def test_every_baseline_meets_the_budget(env, name):
+def test_every_baseline_meets_the_budget(task, name):
     for target in (0.3, 0.55):
-        result = create_searcher(name).search(env, target, episodes=6)
-        assert in_budget(env.space.flops_ratio(result.strategy), target), (name, target)
+        result = create_searcher(name).search(task, target, episodes=6)
+        assert in_budget(task.space.flops_ratio(result.strategy), target), (name, target)
         assert 0 <= result.proxy_accuracy <= 1 and result.seconds >= 0
 
 
 def test_uniform_baseline_spends_what_coarse_rounding_leaves(trained_small, digits):
     model, _ = trained_small
-    coarse = ChannelPruningEnv(model=model, splits=digits, round_to=8)
+    coarse = PruningTask(model, digits, PruningSettings(round_to=8))
     target = 0.55
-    plain = coarse.space.uniform(target, coarse.min_keep)
+    plain = coarse.space.uniform(target, coarse.settings.min_keep)
     filled = create_searcher("uniform").search(coarse, target).strategy
     assert coarse.space.flops_ratio(plain) < target - 0.02  # one shared ratio in steps of 8 channels falls short
     assert in_budget(coarse.space.flops_ratio(filled), target)
     assert np.all(coarse.space.keep_counts(filled) >= coarse.space.keep_counts(plain))
 
 
-def test_evaluate_writes_the_report(policy_dir, env, tmp_path):
+def test_evaluate_writes_the_report(policy_dir, task, tmp_path):
     out, ckpt = policy_dir
     policy = load_policy(out, checkpoint=ckpt)
-    rows = evaluate_methods(env, [0.4, 0.63], policy, ["uniform", "global"], finetune_epochs=1, log=lambda s: None)
+    rows = evaluate_methods(task, [0.4, 0.63], policy, ["uniform", "global"], recipe=ONE_EPOCH, log=lambda s: None)
     write_report(rows, tmp_path, {"test": True})
     data = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert len(data) == 6
@@ -166,9 +178,9 @@ def test_report_charges_the_policy_one_search_plus_its_queries():
     assert "+ 10 s of queries" in line and "(0.18 of amc's time)" in line  # (100 + 4 + 6) / 600
 
 
-def test_evaluate_repeats_the_fine_tune_over_seeds(env, tmp_path):
-    one = evaluate_methods(env, [0.5], None, ["uniform"], finetune_epochs=1, seed=3, log=lambda s: None)[0]
-    two = evaluate_methods(env, [0.5], None, ["uniform"], finetune_epochs=1, seed=3, finetune_seeds=2, log=lambda s: None)[0]
+def test_evaluate_repeats_the_fine_tune_over_seeds(task, tmp_path):
+    one = evaluate_methods(task, [0.5], None, ["uniform"], recipe=ONE_EPOCH, seed=3, log=lambda s: None)[0]
+    two = evaluate_methods(task, [0.5], None, ["uniform"], recipe=ONE_EPOCH, seed=3, finetune_seeds=2, log=lambda s: None)[0]
     runs = two["finetuned_test_accuracies"]
     assert len(runs) == 2 and runs[0] == one["finetuned_test_accuracy"]  # the first seed is the single-seed run
     assert two["finetuned_test_accuracy"] == pytest.approx(np.mean(runs))
@@ -177,7 +189,7 @@ def test_evaluate_repeats_the_fine_tune_over_seeds(env, tmp_path):
     write_report([two], tmp_path, {"test": True})
     assert " ± " in (tmp_path / "results.md").read_text()
     with pytest.raises(AutopruneError, match="finetune_seeds"):
-        evaluate_methods(env, [0.5], None, ["uniform"], finetune_epochs=1, finetune_seeds=0)
+        evaluate_methods(task, [0.5], None, ["uniform"], recipe=ONE_EPOCH, finetune_seeds=0)
 
 
 def test_cli_prune_writes_model_and_summary(policy_dir, tmp_path, capsys):
@@ -196,23 +208,35 @@ def test_cli_prune_writes_model_and_summary(policy_dir, tmp_path, capsys):
     assert main(["prune", "--policy", str(tmp_path), "--checkpoint", str(ckpt), "--target", "0.5", "--out", str(tmp_path / "x.pt")]) == 2
 
 
-def test_best_of_k_is_never_worse_than_the_deterministic_rollout(policy_dir, env):
+def test_best_of_k_picks_the_best_candidate_under_any_score(policy_dir):
     out, ckpt = policy_dir
     policy = load_policy(out, checkpoint=ckpt)
+    space = policy.space
     for target in (0.35, 0.6):
-        deterministic = env.evaluate_strategy(policy.strategy(target))
-        strategy, score, scored = policy.best_strategy(target, env.evaluate_strategy, k=4)
-        assert scored >= 4 and score >= deterministic
-        assert in_budget(policy.space.flops_ratio(strategy), target)
+        rollouts = policy.rollouts(target, 8)
+        others = [r for r in rollouts[1:] if not np.array_equal(r, rollouts[0])]
+        assert others  # noisy rollouts explore other strategies
+        # a score that prefers one noisy rollout: best-of-K must return it, not the deterministic one
+        wanted = others[-1]
+        strategy, score, scored = policy.best_strategy(target, lambda s, wanted=wanted: -np.abs(s - wanted).sum(), k=8)
+        np.testing.assert_array_equal(strategy, wanted)
+        found = [b for b in policy.meta["best_per_target_bin"].values()
+                 if target - 0.02 <= space.flops_ratio(np.asarray(b["strategy"])) <= target + 1e-12]
+        assert scored == 8 + len(found) and score == 0
+        assert in_budget(space.flops_ratio(strategy), target)
 
 
-def test_top_level_api_mirrors_the_cli(policy_dir):
+def test_top_level_api_searches_and_queries(trained_small, tmp_path):
     import autoprune
 
-    out, ckpt = policy_dir
-    policy = autoprune.load_policy(out, checkpoint=ckpt)
-    assert isinstance(policy, autoprune.ConditionalPolicy)
-    assert callable(autoprune.search) and autoprune.SearchConfig().agent == "ddpg"
+    model, ckpt = trained_small
+    searched = autoprune.search(tmp_path, autoprune.SearchConfig(episodes=3, warmup_episodes=1), checkpoint=ckpt,
+                                progress=False)
+    policy = autoprune.load_policy(tmp_path, checkpoint=ckpt)
+    assert isinstance(policy, autoprune.ConditionalPolicy) and policy.meta["episodes"] == 3
+    np.testing.assert_array_equal(searched.strategy(0.5), policy.strategy(0.5))
+    pruned = policy.prune(model, target=0.5)
+    assert autoprune.count_flops(pruned, torch.zeros(1, 3, 16, 16)) <= 0.5 * autoprune.count_flops(model, torch.zeros(1, 3, 16, 16))
 
 
 def test_ctrl_c_saves_the_search_and_resume_finishes_it(trained_small, tmp_path, monkeypatch):
@@ -265,3 +289,71 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
     assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
     assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "c")]) == 0
     assert merge_main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(out)]) == 2  # another base model
+
+
+def test_committed_resnet20_policies_give_the_recorded_strategies():
+    """A regression guard: the committed policies' rollouts, recorded before the PruningTask redesign."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    recorded = json.loads((root / "tests" / "data" / "resnet20_policy_strategies.json").read_text())
+    model = autoprune.load_pruned(root / recorded["checkpoint"])
+    for directory, strategies in recorded["policies"].items():
+        policy = load_policy(root / directory, model=model)
+        for target, counts in strategies.items():
+            assert policy.space.keep_counts(policy.strategy(float(target))).tolist() == counts, (directory, target)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "gradient", "entropy"])
+def test_a_policy_of_a_data_dependent_criterion_can_be_queried(trained_small, tmp_path, criterion):
+    _, ckpt = trained_small
+    out = tmp_path / "policy"
+    assert main(["search", "--checkpoint", str(ckpt), "--criterion", criterion, "--episodes", "3", "--warmup", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    pruned = tmp_path / "p.pt"
+    assert main(["prune", "--policy", str(out), "--checkpoint", str(ckpt), "--target", "0.5", "--out", str(pruned)]) == 0
+    summary = json.loads(pruned.with_suffix(".json").read_text())
+    assert summary["settings"]["criterion"] == criterion and in_budget(summary["achieved_flops_ratio"], 0.5)
+    # the query ranks channels by the scores the search used: the same model from the library, without data
+    policy = load_policy(out, checkpoint=ckpt)
+    assert policy.space.keep_counts(policy.strategy(0.5)).tolist() == [c for c, _ in summary["channels"].values()]
+
+
+@pytest.mark.parametrize("method", list_searchers())
+def test_cli_prunes_with_any_baseline_method(trained_small, tmp_path, method):
+    _, ckpt = trained_small
+    out = tmp_path / "m.pt"
+    assert main(["prune", "--method", method, "--checkpoint", str(ckpt), "--target", "0.45", "--episodes", "4",
+                 "--out", str(out)]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["method"] == method and in_budget(summary["achieved_flops_ratio"], 0.45)
+    assert autoprune.load_pruned(out).autoprune_meta["method"] == method
+
+
+def test_cli_prune_refuses_a_policy_and_a_method_together(policy_dir, tmp_path):
+    out, ckpt = policy_dir
+    result = subprocess.run([sys.executable, "-m", "autoprune.cli", "prune", "--policy", str(out), "--method", "uniform",
+                             "--checkpoint", str(ckpt), "--target", "0.5", "--out", str(tmp_path / "x.pt")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_report_joins_architectures_into_one_table_and_figure(tmp_path):
+    def row(method, target, acc, std):
+        return {"method": method, "target": target, "achieved_flops_ratio": target - 0.003, "params": 1, "proxy_accuracy": 0.5,
+                "test_accuracy": 40.0, "finetuned_test_accuracy": acc, "finetuned_test_accuracy_std": std,
+                "search_episodes": 0, "search_seconds": 0.0, "strategy": [1.0], "kept_channels": [1]}
+
+    for arch, shift in (("resnet56", 0.0), ("vgg16_bn", 2.0)):
+        rows = [row(m, t, 80 + 10 * t + shift + bonus, 0.2) for t in (0.3, 0.5) for m, bonus in (("policy", 0.5), ("uniform", 0))]
+        write_report(rows, tmp_path / f"{arch}-cifar10", {"test": True}, base={"arch": arch, "test_accuracy": 93.0})
+    out = tmp_path / "cross"
+    assert main(["report", str(tmp_path / "resnet56-cifar10"), str(tmp_path / "vgg16_bn-cifar10"), "--out", str(out)]) == 0
+    table = (out / "cross_arch.md").read_text()
+    assert "| resnet56 | 93.00 | 0.30 | **83.50 ± 0.20** | 83.00 ± 0.20 |" in table
+    assert "| vgg16_bn | | mean over targets | 86.50 | 86.00 |" in table
+    assert (out / "cross_arch.png").stat().st_size > 1000
+    assert len(json.loads((out / "cross_arch.json").read_text())["reports"]) == 2
+    assert main(["report", str(tmp_path / "resnet56-cifar10"), str(tmp_path / "missing"), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -5,7 +5,8 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from autoprune import AutopruneError
-from autoprune.envs import ENV_ID, REWARDS, ChannelPruningEnv
+from autoprune.envs import ENV_ID, ChannelPruningEnv
+from autoprune.task import FEATURE, REWARDS
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +56,15 @@ def test_random_episodes_always_meet_the_budget(env):
         target = float(rng.uniform(0.2, 0.9))
         _, _, info = run_episode(env, seed=i, target=target)
         assert target - 0.02 <= info["achieved_flops_ratio"] <= target + 1e-12, (target, info)
-        assert info["achieved_flops_ratio"] == pytest.approx(env.space.flops_ratio(np.array(info["strategy"])))
+        assert info["achieved_flops_ratio"] == pytest.approx(env.task.space.flops_ratio(np.array(info["strategy"])))
 
 
 def test_offset_actions_are_centred_on_the_uniform_strategy(trained_small, digits, env):
     model, _ = trained_small
-    env = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.space)
+    env = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.task.space)
     _, _, info = run_episode(env, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
-    uniform = env.space.uniform(0.5, env.min_keep)
-    np.testing.assert_allclose(info["strategy"], env.space.fill(uniform, 0.5))
+    uniform = env.task.space.uniform(0.5, env.task.settings.min_keep)
+    np.testing.assert_allclose(info["strategy"], env.task.space.fill(uniform, 0.5))
     for ratio in (0.1, 0.3, env.episode.centre[0], 0.9, 1.0):
         assert env.episode.keep_ratio(env.episode.action_for(ratio)) == pytest.approx(ratio)
 
@@ -82,9 +83,9 @@ def test_targets_are_drawn_from_a_continuous_range(env):
 
 def test_observation_carries_target_and_slack(env):
     obs, _ = env.reset(options={"target": 0.37})
-    assert obs[12] == pytest.approx(0.37)
-    assert 0 < obs[13] <= 0.37
-    assert obs[0] == 0 and obs[11] == 1.0
+    assert obs[FEATURE["target"]] == pytest.approx(0.37)
+    assert 0 < obs[FEATURE["budget_slack"]] <= 0.37
+    assert obs[FEATURE["group_index"]] == 0 and obs[FEATURE["previous_action"]] == 1.0
 
 
 def test_info_at_episode_end(env):
@@ -92,7 +93,7 @@ def test_info_at_episode_end(env):
     for key in ("strategy", "kept_channels", "achieved_flops_ratio", "proxy_accuracy", "target", "time"):
         assert key in info
     assert 0 <= info["proxy_accuracy"] <= 1
-    assert len(info["strategy"]) == env.space.num_groups
+    assert len(info["strategy"]) == env.task.space.num_groups
     # a repeated strategy is served from the cache
     ratios = iter(info["strategy"])
 
@@ -103,10 +104,10 @@ def test_info_at_episode_end(env):
     assert info2["kept_channels"] == info["kept_channels"] and info2["time"]["cached"] and reward2 == reward
 
 
-@pytest.mark.parametrize("reward", sorted(REWARDS))
+@pytest.mark.parametrize("reward", REWARDS.names())
 def test_every_reward_variant(trained_small, digits, env, reward):
     model, _ = trained_small
-    env2 = ChannelPruningEnv(model=model, splits=digits, reward=reward, space=env.space)
+    env2 = ChannelPruningEnv(model=model, splits=digits, reward=reward, space=env.task.space)
     _, value, info = run_episode(env2, target=0.5)
     assert np.isfinite(value) and info["reward_name"] == reward
     if reward == "accuracy":
@@ -115,9 +116,9 @@ def test_every_reward_variant(trained_small, digits, env, reward):
 
 def test_adaptive_bn_changes_the_proxy(trained_small, digits, env):
     model, _ = trained_small
-    plain = ChannelPruningEnv(model=model, splits=digits, adaptive_bn=False, space=env.space)
-    strategy = env.space.uniform(0.3)
-    assert env.evaluate_strategy(strategy) != plain.evaluate_strategy(strategy)
+    plain = ChannelPruningEnv(model=model, splits=digits, adaptive_bn=False, space=env.task.space)
+    strategy = env.task.space.uniform(0.3)
+    assert env.task.score(strategy) != plain.task.score(strategy)
 
 
 def test_bad_inputs_are_clear_errors(trained_small, digits, env):
@@ -130,11 +131,15 @@ def test_bad_inputs_are_clear_errors(trained_small, digits, env):
     with pytest.raises(AutopruneError, match="action"):
         env.step(np.array([3.0], np.float32))
     with pytest.raises(AutopruneError, match="too small"):
-        ChannelPruningEnv(model=model, splits=digits, proxy_images=5, space=env.space)
+        ChannelPruningEnv(model=model, splits=digits, proxy_images=5, space=env.task.space)
     with pytest.raises(AutopruneError, match="unknown reward"):
-        ChannelPruningEnv(model=model, splits=digits, reward="nope", space=env.space)
+        ChannelPruningEnv(model=model, splits=digits, reward="nope", space=env.task.space)
     with pytest.raises(AutopruneError, match="either"):
         ChannelPruningEnv(splits=digits)
+    with pytest.raises(AutopruneError, match="unknown argument"):
+        ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=3)
+    with pytest.raises(AutopruneError, match="not both"):
+        ChannelPruningEnv(env.task, reward="accuracy")
     run_episode(env, target=0.5)
     with pytest.raises(gym.error.ResetNeeded):
         env.step(np.zeros(1, np.float32))
@@ -147,12 +152,12 @@ def test_round_to_env_meets_the_budget_with_multiples(trained_small, digits):
     for i in range(30):
         _, _, info = run_episode(env, seed=i)
         assert info["achieved_flops_ratio"] <= info["target"] + 1e-12
-        assert all(c % 8 == 0 or c == full for c, full in zip(info["kept_channels"], env.space.channels))
+        assert all(c % 8 == 0 or c == full for c, full in zip(info["kept_channels"], env.task.space.channels))
 
 
 def test_fill_budget_ends_episodes_closer_to_the_target(trained_small, digits, env):
     model, _ = trained_small
-    unfilled = ChannelPruningEnv(model=model, splits=digits, fill_budget=False, space=env.space)
+    unfilled = ChannelPruningEnv(model=model, splits=digits, fill_budget=False, space=env.task.space)
     gaps = {True: [], False: []}
     for fill, e in ((True, env), (False, unfilled)):
         e.action_space.seed(3)
@@ -165,44 +170,44 @@ def test_fill_budget_ends_episodes_closer_to_the_target(trained_small, digits, e
     assert max(gaps[True]) <= 0.02  # one channel of the first group is ~2% of this tiny model
 
 
-def test_proxy_finetune_steps_train_the_pruned_model_before_scoring(trained_small, digits, env):
+def test_proxy_steps_train_the_pruned_model_before_scoring(trained_small, digits, env):
     model, _ = trained_small
-    tuned = ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=5, space=env.space)
-    strategy = env.space.fill(env.space.uniform(0.3, env.min_keep), 0.3)
-    first = tuned.evaluate_strategy(strategy)
-    tuned.proxy.cache.clear()
-    assert tuned.evaluate_strategy(strategy) == first  # the same steps on the same batches: repeatable
-    assert first != env.evaluate_strategy(strategy)
-    with pytest.raises(AutopruneError, match="finetune_steps"):
-        ChannelPruningEnv(model=model, splits=digits, proxy_finetune_steps=-1, space=env.space)
+    tuned = ChannelPruningEnv(model=model, splits=digits, proxy_steps=5, space=env.task.space)
+    strategy = env.task.space.fill(env.task.space.uniform(0.3, env.task.settings.min_keep), 0.3)
+    first = tuned.task.score(strategy)
+    tuned.task.proxy.cache.clear()
+    assert tuned.task.score(strategy) == first  # the same steps on the same batches: repeatable
+    assert first != env.task.score(strategy)
+    with pytest.raises(AutopruneError, match="proxy_steps"):
+        ChannelPruningEnv(model=model, splits=digits, proxy_steps=-1, space=env.task.space)
 
 
 def test_prior_baseline_is_measured_on_a_grid_and_interpolated(trained_small, digits, env):
     model, _ = trained_small
-    fresh = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.space)
-    step = fresh.BASELINE_STEP
-    at_anchor = fresh.prior_baseline(0.5)
-    expected = fresh.evaluate_strategy(fresh.space.fill(fresh.space.uniform(0.5, fresh.min_keep), 0.5))
+    fresh = ChannelPruningEnv(model=model, splits=digits, prior="uniform", space=env.task.space)
+    step = fresh.task.BASELINE_STEP
+    at_anchor = fresh.task.prior_baseline(0.5)
+    expected = fresh.task.score(fresh.task.space.fill(fresh.task.space.uniform(0.5, fresh.task.settings.min_keep), 0.5))
     assert at_anchor == pytest.approx(expected)
-    lo, hi = fresh.prior_baseline(0.5), fresh.prior_baseline(0.5 + step)
-    assert fresh.prior_baseline(0.5 + step / 4) == pytest.approx(0.75 * lo + 0.25 * hi)
+    lo, hi = fresh.task.prior_baseline(0.5), fresh.task.prior_baseline(0.5 + step)
+    assert fresh.task.prior_baseline(0.5 + step / 4) == pytest.approx(0.75 * lo + 0.25 * hi)
     for target in np.linspace(0.3, 0.7, 40):  # 40 distinct targets, 9 anchors
-        fresh.prior_baseline(float(target))
-    assert len(fresh._baselines) <= round(0.4 / step) + 1
+        fresh.task.prior_baseline(float(target))
+    assert len(fresh.task._baselines) <= round(0.4 / step) + 1
 
 
 @pytest.mark.parametrize("prior", ["global", "uniform"])
 def test_zero_offset_actions_give_the_priors_strategy(trained_small, digits, env, prior):
     model, _ = trained_small
-    env2 = ChannelPruningEnv(model=model, splits=digits, prior=prior, space=env.space)
+    env2 = ChannelPruningEnv(model=model, splits=digits, prior=prior, space=env.task.space)
     _, _, info = run_episode(env2, target=0.5, policy=lambda obs: np.zeros(1, np.float32))
-    space = env.space
+    space = env.task.space
     if prior == "global":
-        expected = space.global_ranking(0.5, space.importance("l1"), env2.min_keep)
+        expected = space.global_ranking(0.5, env2.task.scores, env2.task.settings.min_keep)
     else:
-        expected = space.uniform(0.5, env2.min_keep)
+        expected = space.uniform(0.5, env2.task.settings.min_keep)
     assert info["kept_channels"] == space.keep_counts(space.fill(expected, 0.5)).tolist()
-    assert env2.prior_baseline(0.5) == pytest.approx(info["proxy_accuracy"])
+    assert env2.task.prior_baseline(0.5) == pytest.approx(info["proxy_accuracy"])
 
 
 def test_unknown_prior_is_a_clear_error(trained_small, digits):

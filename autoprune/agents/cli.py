@@ -1,9 +1,10 @@
-"""Sub-commands ``search``, ``prune`` and ``evaluate`` (added to the ``autoprune`` parser by ``autoprune.cli``)."""
+"""Sub-commands ``search``, ``prune`` and ``evaluate``: parse, call one library function, print."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from autoprune.cli_common import command, data_args, precision_arg
@@ -25,6 +26,57 @@ def parse_list(text: str) -> list[float]:
         raise AutopruneError(f"--targets must be a comma-separated list (e.g. 0.3,0.5,0.7), got {text!r}") from None
 
 
+def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
+    """Flags of ``PruningSettings``; unset flags keep the defaults of ``defaults_from``."""
+    g = p.add_argument_group(f"pruning settings (default: {defaults_from})")
+    g.add_argument("--criterion", help="channel importance criterion (see `autoprune criteria`; l1 by default)")
+    g.add_argument("--reward", help="relative (default), accuracy or error_log_flops")
+    g.add_argument("--prior", help="the allocation an action of 0 gives: global (default: a global importance "
+                                   "ranking) or uniform (one keep ratio)")
+    g.add_argument("--min-keep", type=float, help="smallest keep ratio of a group (default 0.1)")
+    g.add_argument("--round-to", type=int, help="keep channel counts that are multiples of this, e.g. 8 (default 1)")
+    g.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
+    g.add_argument("--proxy-steps", type=int,
+                   help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
+    g.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
+                   help="end episodes where the action wall leaves them, instead of spending the unused budget")
+
+
+def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyped-def]
+    """``base`` (default: the library's ``PruningSettings()``) with the flags the user gave."""
+    from autoprune.task import PruningSettings
+
+    return (base or PruningSettings()).replace(
+        criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
+        proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget)
+
+
+def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:
+    """Flags of ``FinetuneRecipe``; unset ones keep the recipe's defaults."""
+    from autoprune.recovery import FinetuneRecipe
+
+    d = FinetuneRecipe()
+    g = p.add_argument_group("fine-tune recipe (the same for prune, finetune and evaluate)")
+    g.add_argument(epochs_flag, type=int, default=0, dest="finetune_epochs", help="fine-tune epochs (default 0: none)")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--schedule", choices=["onecycle", "cosine"], help=f"learning-rate schedule (default {d.schedule})")
+    g.add_argument("--distill", action="store_true", default=None,
+                   help="add Hinton et al.'s distillation loss towards the unpruned model")
+    precision_arg(g, "fine-tune")
+
+
+def recipe_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The recipe the flags describe, or None when no fine-tune epochs were asked for."""
+    from autoprune.recovery import FinetuneRecipe
+
+    if args.finetune_epochs < 0:
+        raise AutopruneError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.finetune_epochs == 0:
+        return None
+    return FinetuneRecipe(epochs=args.finetune_epochs).replace(lr=args.lr, schedule=args.schedule, distill=args.distill,
+                                                                precision=args.precision)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="train one conditional pruning policy for a base model")
     p.add_argument("--checkpoint", required=True, help="base model file (from `autoprune train`)")
@@ -33,33 +85,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=300)
     p.add_argument("--warmup", type=int, help="random-action episodes first (default: min(100, episodes/3))")
     p.add_argument("--agent", default="ddpg", help="ddpg, td3, sac or ppo")
-    p.add_argument("--criterion", default="l1", help="channel importance criterion (see `autoprune criteria`)")
-    p.add_argument("--reward", default="relative", help="relative, accuracy or error_log_flops")
-    p.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of this (e.g. 8)")
-    p.add_argument("--proxy-steps", type=int, default=0,
-                   help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
-    p.add_argument("--no-fill-budget", action="store_true",
-                   help="end episodes where the action wall leaves them, instead of spending the unused budget")
-    p.add_argument("--prior", choices=["global", "uniform"], default="global",
-                   help="the allocation an action of 0 gives: a global importance ranking (default) or one uniform ratio")
+    settings_args(p, "the library's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25, help="episodes between saved checkpoints")
     p.add_argument("--out", required=True, help="policy directory")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("prune", help="prune a model at any target with a trained policy")
-    p.add_argument("--policy", required=True, help="policy directory (from `autoprune search`)")
-    p.add_argument("--checkpoint", required=True, help="the base model the policy was trained for")
+    p = sub.add_parser("prune", help="prune a model at any target with a trained policy or a baseline method")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--policy", help="policy directory (from `autoprune search`)")
+    how.add_argument("--method", help="a baseline instead of a policy: uniform, global, sensitivity, random, ga or amc")
+    p.add_argument("--checkpoint", required=True, help="the base model (for --policy: the one it was trained for)")
     p.add_argument("--target", type=float, required=True, help="FLOPs ratio to keep, e.g. 0.37")
     data_args(p, default=None)
     p.add_argument("--best-of", type=int, default=1,
-                   help="score K rollouts (1 deterministic + K-1 noisy) and the search's best strategies for this target on the proxy")
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
-    p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the base model")
-    precision_arg(p, "fine-tune")
+                   help="with --policy: score K rollouts (1 deterministic + K-1 noisy) and the search's best strategies "
+                        "for this target on the proxy")
+    p.add_argument("--episodes", type=int, default=100, help="with a searching --method: proxy evaluations")
+    settings_args(p, "the policy's, else the library's")
+    recipe_args(p)
     p.add_argument("--allow-extrapolation", action="store_true", help="allow a target outside the trained range")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="pruned model file (.pt); a .json summary is written beside it")
@@ -72,21 +117,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-episodes", type=int, default=100, help="proxy evaluations per target for searching baselines")
     p.add_argument("--policy-best-of", type=int, default=1, help="as prune --best-of: proxy-scored candidates per target")
     data_args(p, default=None)
-    p.add_argument("--criterion", help="importance criterion (default: the policy's, else l1)")
-    p.add_argument("--proxy-images", type=int)
-    p.add_argument("--proxy-steps", type=int, help="SGD steps before the proxy scores (default: the policy's, else 0)")
-    p.add_argument("--round-to", type=int, help="channel multiple for baselines (default: the policy's, else 1)")
-    p.add_argument("--prior", choices=["global", "uniform"],
-                   help="prior of the searching baselines' offset actions, e.g. AMC (default: the policy's, else global)")
-    p.add_argument("--finetune-epochs", type=int, default=0)
+    settings_args(p, "the policy's, else the library's")
+    recipe_args(p)
     p.add_argument("--finetune-seeds", type=int, metavar="N",
                    help="fine-tune every pruned model N times (seeds seed..seed+N-1) and report mean and standard "
                         "deviation (default 1)")
-    precision_arg(p, "fine-tunes")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out/results.json and compute the rest")
+
+    p = sub.add_parser("report", help="join evaluate reports of several architectures into one table and figure")
+    p.add_argument("reports", nargs="+", help="report directories written by `autoprune evaluate`")
+    p.add_argument("--out", required=True, help="where cross_arch.md, cross_arch.json and cross_arch.png go")
 
 
 @command("search")
@@ -95,9 +137,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     low, high = parse_range(args.targets)
     config = SearchConfig(agent=args.agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
-                          target_high=high, criterion=args.criterion, reward=args.reward, proxy_images=args.proxy_images,
-                          round_to=args.round_to, fill_budget=not args.no_fill_budget, prior=args.prior,
-                          proxy_finetune_steps=args.proxy_steps, seed=args.seed, checkpoint_every=args.checkpoint_every)
+                          target_high=high, settings=settings_from(args), seed=args.seed,
+                          checkpoint_every=args.checkpoint_every)
     policy = search(args.out, config, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
                     val_size=args.val_size, resume=args.resume, progress=not args.no_progress)
     print(f"policy saved to {args.out}: {policy.meta['episodes']} episodes in {policy.meta['search_seconds'] / 60:.1f} min")
@@ -106,64 +147,57 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"  target {t:.2f}: FLOPs ratio {policy.space.flops_ratio(s):.3f}, keep ratios {' '.join(f'{r:.2f}' for r in s)}")
 
 
+def _task(args: argparse.Namespace, policy_dir: str | None):  # type: ignore[no-untyped-def]
+    """The base model's task under the policy's settings (or the library's) and the flags; and the policy."""
+    from autoprune.agents.policy import load_policy
+    from autoprune.checkpoint import load_model
+    from autoprune.data import load_splits
+    from autoprune.task import PruningTask, importance_data, make_task
+
+    if policy_dir is None:
+        return make_task(checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir, val_size=args.val_size,
+                         settings=settings_from(args)), None
+    model, payload = load_model(args.checkpoint)
+    meta = payload["meta"]
+    splits = load_splits(args.data or meta.get("dataset", "digits"), args.data_dir, args.val_size or meta.get("val_size"))
+    policy = load_policy(policy_dir, model=model, data=importance_data(splits))
+    settings = settings_from(args, policy.settings)
+    scores = policy.scores if settings.criterion == policy.settings.criterion else None
+    source = {"arch": payload["arch"], "num_classes": payload["num_classes"], "checkpoint": str(args.checkpoint),
+              "test_accuracy": meta.get("test_accuracy")}
+    space = policy.space if settings.round_to == policy.settings.round_to else None
+    return PruningTask(model, splits, settings, space=space, scores=scores, source=source), policy
+
+
 @command("prune")
 def cmd_prune(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from autoprune.agents.policy import load_policy
-    from autoprune.checkpoint import load_model, save_model
-    from autoprune.data import load_splits
-    from autoprune.envs.proxy import AccuracyProxy
-    from autoprune.pruning import count_params
-    from autoprune.training import evaluate
+    from autoprune.agents.baselines import list_searchers
+    from autoprune.agents.query import prune_to_target
+    from autoprune.checkpoint import save_model
     from autoprune.utils import seed_everything, versions, write_text_atomic
 
+    if args.method is not None and args.method not in list_searchers():
+        raise AutopruneError(f"unknown method {args.method!r}; choose one of {', '.join(list_searchers())}")
+    if args.method is not None and args.best_of != 1:
+        raise AutopruneError("--best-of chooses among a policy's rollouts; it does not apply to --method")
+    recipe = recipe_from(args)
     out = Path(args.out)
     seed_everything(args.seed)
-    base, payload = load_model(args.checkpoint)
-    policy = load_policy(args.policy, model=base)
-    meta = payload["meta"]
-    splits = load_splits(args.data or meta.get("dataset", policy.meta["dataset"]), args.data_dir,
-                         args.val_size or meta.get("val_size"))
-    space = policy.space
-    assert space is not None
-    proxy = AccuracyProxy(splits, policy.meta.get("proxy_images"))
-
-    def score(strategy: np.ndarray) -> float:
-        counts = space.keep_counts(strategy)
-        return proxy(tuple(counts.tolist()), lambda: space.apply(strategy, policy.meta["criterion"])).accuracy
-
-    if args.best_of > 1:
-        strategy, best_score, _ = policy.best_strategy(args.target, score, args.best_of, args.seed, args.allow_extrapolation)
-    else:
-        strategy = policy.strategy(args.target, args.allow_extrapolation)
-        best_score = score(strategy)
-    pruned = space.apply(strategy, policy.meta["criterion"])
-    proxy.score(pruned)  # adaptive BN: the saved model carries recalibrated statistics
-    test_acc = evaluate(pruned, splits.test)
-    summary = {
-        "target": args.target, "achieved_flops_ratio": space.flops_ratio(strategy), "params": count_params(pruned),
-        "dense_params": count_params(base), "proxy_accuracy": best_score, "test_accuracy": test_acc,
-        "test_accuracy_before_finetune": test_acc, "strategy": np.round(strategy, 4).tolist(),
-        "channels": {g.root: [int(k), int(g.channels)] for g, k in zip(space.groups, space.keep_counts(strategy))},
-        "best_of": args.best_of, "finetune_epochs": args.finetune_epochs, "distill": args.distill,
-        "policy": str(args.policy), "base_checkpoint": str(args.checkpoint),
-        "seed": args.seed, "versions": versions(),
-    }
-    if args.finetune_epochs > 0:
-        from autoprune.deploy.finetune import finetune
-
-        finetune(pruned, splits, args.finetune_epochs, teacher=base if args.distill else None, lr=args.lr, seed=args.seed,
-                 precision=args.precision or "fp32")
-        summary["test_accuracy"] = evaluate(pruned, splits.test)
-    save_model(out, pruned, payload["arch"], payload["num_classes"],
+    task, policy = _task(args, args.policy)
+    result = prune_to_target(task, args.target, policy=policy, method=args.method, best_of=args.best_of,
+                             episodes=args.episodes, recipe=recipe, seed=args.seed,
+                             allow_extrapolation=args.allow_extrapolation)
+    summary = dict(result.summary, policy=args.policy, base_checkpoint=str(args.checkpoint), versions=versions())
+    splits = task.splits
+    save_model(out, result.model, task.source["arch"], task.source["num_classes"],
                dict(summary, kind="pruned", dataset=splits.train.name, val_size=splits.val_size,
-                    input_shape=list(splits.input_shape)), in_channels=payload.get("in_channels", 3))
+                    input_shape=list(splits.input_shape)), in_channels=splits.input_shape[0])
     write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
-    print(f"target {args.target:.3f} -> achieved FLOPs ratio {summary['achieved_flops_ratio']:.3f}; "
+    how = f"policy {args.policy}" if policy is not None else f"method {args.method}"
+    print(f"target {args.target:.3f} ({how}) -> achieved FLOPs ratio {summary['achieved_flops_ratio']:.3f}; "
           f"params {summary['params']:,} of {summary['dense_params']:,}")
-    print(f"proxy accuracy {summary['proxy_accuracy']:.4f}; test accuracy {test_acc:.2f}%"
-          + (f" -> {summary['test_accuracy']:.2f}% after {args.finetune_epochs} fine-tune epochs" if args.finetune_epochs else ""))
+    print(f"proxy accuracy {summary['proxy_accuracy']:.4f}; test accuracy {summary['test_accuracy_before_finetune']:.2f}%"
+          + (f" -> {summary['test_accuracy']:.2f}% after {recipe.epochs} fine-tune epochs" if recipe else ""))
     print("channels per group: " + ", ".join(f"{root} {k}/{c}" for root, (k, c) in summary["channels"].items()))
     print(f"saved {out} and {out.with_suffix('.json')}")
 
@@ -173,9 +207,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from autoprune.agents.baselines import list_searchers
     from autoprune.agents.common import fingerprint
     from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
-    from autoprune.agents.policy import load_policy
-    from autoprune.checkpoint import load_model
-    from autoprune.envs import ChannelPruningEnv
 
     targets = parse_list(args.targets)
     baselines = [b for b in args.baselines.split(",") if b.strip()]
@@ -186,22 +217,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise AutopruneError(f"--finetune-seeds must be >= 1, got {args.finetune_seeds}")
     if args.finetune_seeds is not None and args.finetune_seeds > 1 and args.finetune_epochs < 1:
         raise AutopruneError("--finetune-seeds needs --finetune-epochs >= 1: there is nothing to repeat without a fine-tune")
-    model, payload = load_model(args.checkpoint)
-    policy = load_policy(args.policy, model=model) if args.policy else None
-    criterion = args.criterion or (policy.meta["criterion"] if policy else "l1")
-    low = min(targets)
-    env = ChannelPruningEnv(model=model, data=args.data or payload["meta"].get("dataset"), data_dir=args.data_dir,
-                            val_size=args.val_size or payload["meta"].get("val_size"), criterion=criterion,
-                            target_range=(low, max(targets)), proxy_images=args.proxy_images or
-                            (policy.meta.get("proxy_images") if policy else None),
-                            round_to=args.round_to or (policy.meta.get("round_to", 1) if policy else 1),
-                            fill_budget=policy.meta.get("fill_budget", False) if policy else True,
-                            proxy_finetune_steps=args.proxy_steps if args.proxy_steps is not None else
-                            (policy.meta.get("proxy_finetune_steps", 0) if policy else 0),
-                            prior=args.prior or (policy.meta.get("prior", "uniform") if policy else "global"),
-                            space=policy.space if policy else None)
+    recipe = recipe_from(args)
+    task, policy = _task(args, args.policy)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
-    config["base_fingerprint"] = fingerprint(model)  # the same path may hold a retrained model
+    config["base_fingerprint"] = fingerprint(task.model)  # the same path may hold a retrained model
+    config["settings"] = task.settings.to_dict()
+    config["recipe"] = None if recipe is None else asdict(recipe)
+    base = {"arch": task.source.get("arch"), "test_accuracy": task.source.get("test_accuracy")}
     done = []
     previous = Path(args.out) / "results.json"
     if args.resume and previous.exists():
@@ -213,9 +235,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                  "use the same ones to --resume, or write to a new --out")
         done = saved["rows"]
         print(f"resuming: {len(done)} rows already in {previous}")
-    rows = evaluate_methods(env, targets, policy, baselines, args.baseline_episodes, args.finetune_epochs, args.lr,
-                            args.seed, policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1,
-                            finetune_precision=args.precision or "fp32", done=done, on_row=lambda rows: write_report(rows, args.out, config))
-    write_report(rows, args.out, config)
+    rows = evaluate_methods(task, targets, policy, baselines, baseline_episodes=args.baseline_episodes, recipe=recipe,
+                            seed=args.seed,
+                            policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done,
+                            on_row=lambda rows: write_report(rows, args.out, config, base))
+    write_report(rows, args.out, config, base)
     print(markdown_table(rows))
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")
+
+
+@command("report")
+def cmd_report(args: argparse.Namespace) -> None:
+    from autoprune.agents.report import write_cross_report
+
+    reports = write_cross_report(args.reports, args.out)
+    print((Path(args.out) / "cross_arch.md").read_text())
+    print(f"{len(reports)} reports joined -> {args.out} (cross_arch.md, cross_arch.json, cross_arch.png)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +24,20 @@ from autoprune.agents.policy import POLICY_FORMAT, ConditionalPolicy
 from autoprune.data import DataSplits
 from autoprune.envs import ChannelPruningEnv
 from autoprune.errors import AutopruneError
+from autoprune.task import PruningSettings, PruningTask, make_task
 from autoprune.utils import versions
 
 
 @dataclass
 class SearchConfig:
+    """A search's own settings; ``settings`` holds the pruning problem's (shared with every other command)."""
+
     agent: str = "ddpg"
     episodes: int = 300
     warmup_episodes: int | None = None  # random-action episodes first; default min(100, episodes // 3)
     target_low: float = 0.2
     target_high: float = 0.9
-    criterion: str = "l1"
-    reward: str = "relative"
-    min_keep: float = 0.1
-    action_mode: str = "offset"
-    prior: str = "global"  # where an offset action of 0 lands: "global" ranking or "uniform" (ChannelPruningEnv)
-    round_to: int = 1
-    fill_budget: bool = True  # spend what the action wall leaves of the budget (ChannelPruningEnv)
-    proxy_images: int | None = None
-    proxy_finetune_steps: int = 0  # SGD steps before the proxy scores a strategy (ChannelPruningEnv)
+    settings: PruningSettings = field(default_factory=PruningSettings)
     gamma: float = 1.0
     learning_rate: float = 1e-3
     noise_sigma: float = 0.5
@@ -59,9 +54,11 @@ class SearchConfig:
             self.warmup_episodes = min(100, self.episodes // 3)
         if not 0 <= self.warmup_episodes <= self.episodes:
             raise AutopruneError("warmup_episodes must be between 0 and the number of episodes")
+        if self.checkpoint_every < 1:
+            raise AutopruneError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
 
-def _settings(config: dict[str, Any]) -> dict[str, Any]:
+def _resumable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed search must share with the saved one (it may run longer, or save more often)."""
     return {k: v for k, v in config.items() if k not in ("episodes", "checkpoint_every")}
 
@@ -77,44 +74,35 @@ def search(
     val_size: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    task: PruningTask | None = None,
 ) -> ConditionalPolicy:
     """Train one conditional policy for the base model and save it to ``out_dir``.
 
     Targets are drawn from ``[target_low, target_high]`` every episode (CACP, Liu et al. 2020, with
     continuous targets); the reward comes from the accuracy proxy on the validation split. The
     directory is checkpointed every ``checkpoint_every`` episodes; ``resume=True`` continues from it.
+    The base model is a ``checkpoint``, a ``model`` (with ``splits`` or a data set name), or a ready
+    ``task`` whose settings then replace ``config.settings``.
     """
     config = config or SearchConfig()
     out = Path(out_dir)
     resume_dir = out / "resume"
     if (out / "policy.json").exists() and not resume:
         raise AutopruneError(f"{out} already holds a policy: pass --resume to continue that search or choose another --out")
-    meta_in: dict[str, Any] = {}
-    arch = num_classes = None
-    if checkpoint is not None:
-        from autoprune.checkpoint import load_model
-
-        model, payload = load_model(checkpoint)
-        meta_in, arch, num_classes = payload["meta"], payload["arch"], payload["num_classes"]
-    if model is None:
-        raise AutopruneError("give the base model as a checkpoint (or a model)")
-    env = ChannelPruningEnv(model=model, splits=splits, data=data or meta_in.get("dataset"), data_dir=data_dir,
-                            val_size=val_size or meta_in.get("val_size"), criterion=config.criterion,
-                            target_range=(config.target_low, config.target_high), min_keep=config.min_keep,
-                            reward=config.reward, proxy_images=config.proxy_images, action_mode=config.action_mode, round_to=config.round_to,
-                            fill_budget=config.fill_budget, proxy_finetune_steps=config.proxy_finetune_steps,
-                            prior=config.prior)
-    space = env.space
+    if task is None:
+        task = make_task(model=model, checkpoint=checkpoint, splits=splits, data=data, data_dir=data_dir,
+                         val_size=val_size, settings=config.settings)
+    else:
+        config = replace(config, settings=task.settings)
+    env = ChannelPruningEnv(task, target_range=(config.target_low, config.target_high))
+    space = task.space
     meta = {
-        "format": POLICY_FORMAT, "agent": config.agent, "arch": arch, "num_classes": num_classes,
-        "input_shape": list(env.splits.input_shape), "base_fingerprint": fingerprint(model), "groups": group_signature(space),
-        "criterion": config.criterion, "target_range": [config.target_low, config.target_high], "min_keep": config.min_keep,
-        "action_mode": config.action_mode, "prior": config.prior, "round_to": config.round_to,
-        "fill_budget": config.fill_budget, "tolerance": env.episode.tolerance, "reward": config.reward, "dataset": env.splits.train.name,
-        "val_size": env.splits.val_size, "proxy_images": env.proxy.num_images,
-        "proxy_finetune_steps": config.proxy_finetune_steps,
-        "checkpoint": str(checkpoint) if checkpoint else None, "seed": config.seed,
-        "config": asdict(config), "versions": versions(),
+        "format": POLICY_FORMAT, "agent": config.agent, "arch": task.source.get("arch"),
+        "num_classes": task.source.get("num_classes"), "input_shape": list(task.splits.input_shape),
+        "base_fingerprint": fingerprint(task.model), "groups": group_signature(space),
+        "settings": task.settings.to_dict(), "target_range": [config.target_low, config.target_high],
+        "dataset": task.splits.train.name, "val_size": task.splits.val_size, "proxy_images": task.proxy.num_images,
+        "checkpoint": task.source.get("checkpoint"), "seed": config.seed, "config": asdict(config), "versions": versions(),
     }
     settings = AgentSettings(steps_per_episode=space.num_groups, warmup_episodes=config.warmup_episodes or 0,
                              gamma=config.gamma, learning_rate=config.learning_rate, noise_sigma=config.noise_sigma,
@@ -123,7 +111,7 @@ def search(
     state = None
     if resume and (resume_dir / "agent.zip").exists():
         state = json.loads((resume_dir / "state.json").read_text())
-        if state["meta"]["base_fingerprint"] != meta["base_fingerprint"] or _settings(state["meta"]["config"]) != _settings(meta["config"]):
+        if state["meta"]["base_fingerprint"] != meta["base_fingerprint"] or _resumable(state["meta"]["config"]) != _resumable(meta["config"]):
             raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume")
         agent = load_agent(config.agent, resume_dir / "agent.zip", env, state["noise_sigma"])
         if isinstance(agent, OffPolicyAlgorithm):
@@ -143,7 +131,7 @@ def search(
         write_json(resume_dir / "state.json", {"meta": meta, "monitor": monitor.state, "noise_sigma": noise_sigma(agent)})
         final = dict(meta, episodes=monitor.state["episodes"], search_seconds=monitor.state["seconds"],
                      best_per_target_bin=monitor.state["best"])
-        ConditionalPolicy(agent.policy, final).save(out)
+        ConditionalPolicy(agent.policy, final, scores=task.scores).save(out)
 
     monitor = SearchMonitor(out, config.episodes, config.checkpoint_every, save,
                             state["monitor"] if state else None, progress=progress)
@@ -158,4 +146,4 @@ def search(
                                  "continue with --resume") from None
     save(monitor)
     policy_meta = json.loads((out / "policy.json").read_text())
-    return ConditionalPolicy(agent.policy, policy_meta, space)
+    return ConditionalPolicy(agent.policy, policy_meta, space, scores=task.scores)

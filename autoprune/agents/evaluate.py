@@ -11,7 +11,6 @@ differences between methods; ``finetune_seeds`` > 1 repeats every fine-tune with
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -22,16 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn as nn
 
 from autoprune.agents.baselines import create_searcher
 from autoprune.agents.policy import ConditionalPolicy
-from autoprune.data import BatchLoader, DataSplits
-from autoprune.envs import ChannelPruningEnv
 from autoprune.errors import AutopruneError
 from autoprune.pruning import count_params
-from autoprune.training import TrainConfig, evaluate, fit, recalibrate_bn
+from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
+from autoprune.task import PruningTask
+from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import versions, write_text_atomic
 
 COLUMNS = ("method", "target", "achieved_flops_ratio", "params", "proxy_accuracy", "test_accuracy",
@@ -39,22 +36,21 @@ COLUMNS = ("method", "target", "achieved_flops_ratio", "params", "proxy_accuracy
 
 
 def evaluate_methods(
-    env: ChannelPruningEnv,
+    task: PruningTask,
     targets: Sequence[float],
     policy: ConditionalPolicy | None = None,
     baselines: Sequence[str] = ("uniform",),
+    *,
     baseline_episodes: int = 100,
-    finetune_epochs: int = 0,
-    finetune_lr: float = 0.01,
+    recipe: FinetuneRecipe | None = None,
     seed: int = 0,
     policy_best_of: int = 1,
     finetune_seeds: int = 1,
-    finetune_precision: str = "fp32",
     log: Callable[[str], None] = print,
     done: Sequence[dict[str, Any]] = (),
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the comparison table; every method gets the same fine-tune budget.
+    """Rows of the comparison table; every method gets the same fine-tune (``recipe``; None: no fine-tune).
 
     ``policy_best_of`` > 1 scores that many policy rollouts plus the search's best strategies for the
     target on the proxy (``ConditionalPolicy.best_strategy``); those evaluations count as search cost.
@@ -66,15 +62,15 @@ def evaluate_methods(
     """
     if finetune_seeds < 1:
         raise AutopruneError(f"finetune_seeds must be >= 1, got {finetune_seeds}")
-    space, splits = env.space, env.splits
+    space, splits = task.space, task.splits
     rows = list(done)
     finished = {(r["method"], round(r["target"], 6)) for r in rows}
-    calib = calibration_batches(splits, seed)
+    calib = calibration_batches(splits.train, seed=seed)
     methods: list[tuple[str, Callable[[float], tuple[np.ndarray, int, float]]]] = []
     query_seconds: dict[float, float] = {}
     if policy is not None:
         if policy.space is None:
-            policy.bind(space)
+            policy.bind(space, scores=task.scores)
         search_episodes = int(policy.meta.get("episodes", 0))
         search_seconds = float(policy.meta.get("search_seconds", 0.0))
 
@@ -85,8 +81,7 @@ def evaluate_methods(
             if policy_best_of <= 1:
                 strategy, scored = policy.strategy(t, allow_extrapolation=True), 0
             else:
-                strategy, _, scored = policy.best_strategy(t, env.evaluate_strategy, policy_best_of, seed,
-                                                           allow_extrapolation=True)
+                strategy, _, scored = policy.best_strategy(t, task.score, policy_best_of, seed, allow_extrapolation=True)
             key = round(t, 6)
             query_seconds[key] = time.perf_counter() - t0
             first = key == round(float(targets[0]), 6)
@@ -97,7 +92,7 @@ def evaluate_methods(
         searcher = create_searcher(name)
 
         def run(t: float, searcher=searcher) -> tuple[np.ndarray, int, float]:  # type: ignore[no-untyped-def]
-            r = searcher.search(env, t, baseline_episodes, seed)
+            r = searcher.search(task, t, baseline_episodes, seed)
             return r.strategy, r.episodes, r.seconds
 
         methods.append((name, run))
@@ -106,45 +101,24 @@ def evaluate_methods(
             if (name, round(float(target), 6)) in finished:
                 continue
             strategy, episodes, seconds = find(target)
-            pruned = space.apply(strategy, env.criterion)
+            pruned = task.apply(strategy)
             recalibrate_bn(pruned, calib)
             row = {"method": name, "target": float(target), "achieved_flops_ratio": space.flops_ratio(strategy),
-                   "params": count_params(pruned), "proxy_accuracy": env.evaluate_strategy(strategy),
+                   "params": count_params(pruned), "proxy_accuracy": task.score(strategy),
                    "test_accuracy": evaluate(pruned, splits.test), "finetuned_test_accuracy": None,
                    "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist(),
                    "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be
             if name == "policy":  # the share of this target's query (best-of-K) in the search cost
                 row["query_seconds"] = round(query_seconds[round(float(target), 6)], 2)
-            if finetune_epochs > 0:
+            if recipe is not None:
                 seeds = range(seed, seed + finetune_seeds)
-                row.update(finetuned_accuracies(pruned, splits, finetune_epochs, finetune_lr, seeds, finetune_precision))
+                row.update(finetuned_accuracies(pruned, splits, recipe, seeds, teacher=task.model))
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
             log(f"{name:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  proxy {row['proxy_accuracy']:.3f}  "
-                f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {_finetuned(row)}%" if finetune_epochs else ""))
+                f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {_finetuned(row)}%" if recipe is not None else ""))
     return rows
-
-
-def finetuned_accuracies(pruned: nn.Module, splits: DataSplits, epochs: int, lr: float, seeds: Sequence[int],
-                         precision: str = "fp32") -> dict[str, Any]:
-    """Test accuracy after the evaluation's fine-tune (cosine from ``lr``), once per seed on a copy of
-    ``pruned``: the row fields ``finetuned_test_accuracy`` (mean), ``..._std`` (sample standard
-    deviation; None for one seed) and ``finetuned_test_accuracies``."""
-    accuracies = []
-    for s in seeds:
-        tuned = copy.deepcopy(pruned)
-        config = TrainConfig(epochs=epochs, lr=lr, schedule="cosine", seed=s, precision=precision)
-        fit(tuned, splits, config, progress=False, log=lambda line: None)
-        accuracies.append(evaluate(tuned, splits.test))
-    return {"finetuned_test_accuracy": float(np.mean(accuracies)),
-            "finetuned_test_accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
-            "finetuned_test_accuracies": accuracies}
-
-
-def calibration_batches(splits: DataSplits, seed: int) -> list[torch.Tensor]:
-    """The training batches every evaluated model's BN statistics are re-estimated on."""
-    return [x for x, _ in BatchLoader(splits.train, 128, shuffle=True, seed=seed, max_batches=8)]
 
 
 def _finetuned(row: dict[str, Any]) -> str:
@@ -179,6 +153,27 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list[str]:
+    """One line per target: ``method`` minus ``other`` over their paired fine-tune seeds, and whether
+    the seeds resolve the difference (its mean is more than two standard errors from zero)."""
+    lines = []
+    by_key = {(r["method"], round(r["target"], 6)): r for r in rows}
+    for target in sorted({round(r["target"], 6) for r in rows}):
+        a, b = by_key.get((method, target)), by_key.get((other, target))
+        runs_a = (a or {}).get("finetuned_test_accuracies") or []
+        runs_b = (b or {}).get("finetuned_test_accuracies") or []
+        if len(runs_a) < 2 or len(runs_a) != len(runs_b):
+            continue
+        diff = np.asarray(runs_a) - np.asarray(runs_b)
+        mean, err = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        if abs(mean) > 2 * err:
+            verdict = f"{method if mean > 0 else other} ahead, resolved by {len(diff)} paired seeds"
+        else:
+            verdict = f"not resolved: within the seed noise of {len(diff)} paired seeds"
+        lines.append(f"target {target:.2f}: {method} - {other} = {mean:+.2f} ± {err:.2f} points (standard error); {verdict}")
+    return lines
+
+
 def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -205,10 +200,14 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, config: dict[str, Any],
+                 base: dict[str, Any] | None = None) -> None:
+    """``results.json`` (config, versions, ``base``: the unpruned model's architecture and accuracy, rows),
+    ``results.csv``, ``results.md`` and ``pareto.png`` in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"config": config, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    payload = {"config": config, "base": base or {}, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "rows": rows}
     write_text_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "strategy", "kept_channels"], extrasaction="ignore")

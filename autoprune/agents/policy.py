@@ -1,15 +1,17 @@
 """A trained conditional policy: maps (layer state, target) to keep ratios, for any target.
 
-A policy directory holds ``policy.json`` (metadata: base model fingerprint, group list, criterion,
-target range, data set, seed, versions, best strategy found per target bin) and ``policy.pt`` (the
-network weights, loaded with ``weights_only=True``). Resumable search state lives in ``resume/``.
+A policy directory holds ``policy.json`` (metadata: base model fingerprint, group list, the
+``PruningSettings`` record, target range, data set, seed, versions, best strategy found per target
+bin), ``policy.pt`` (the network weights) and ``importance.pt`` (the channel importance scores the
+search ranked channels by, so that a query prunes the same channels without data even for a
+data-dependent criterion); both load with ``weights_only=True``. Resumable search state lives in ``resume/``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ import torch.nn as nn
 
 from autoprune.agents.algorithms import ALGORITHM_CLASSES, NET_ARCH
 from autoprune.agents.common import fingerprint, group_signature
-from autoprune.envs.episode import OBSERVATION_FEATURES, StrategyEpisode, make_prior
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
+from autoprune.task import OBSERVATION_FEATURES, PruningSettings, StrategyEpisode, make_prior
 
 POLICY_FORMAT = "autoprune.policy/1"
+IMPORTANCE_FILE = "importance.pt"
 
 
 class _SpacesOnly(gym.Env):
@@ -61,11 +64,12 @@ class ConditionalPolicy:
     physically pruned model.
     """
 
-    def __init__(self, network: Any, meta: dict[str, Any], space: PruningSpace | None = None) -> None:
+    def __init__(self, network: Any, meta: dict[str, Any], space: PruningSpace | None = None,
+                 scores: Sequence[np.ndarray] | None = None) -> None:
         self.network = network
         self.meta = meta
         self.space: PruningSpace | None = None
-        self._fingerprint: str | None = None
+        self.scores: list[np.ndarray] | None = list(scores) if scores is not None else None
         if space is not None:
             self.bind(space)
 
@@ -74,8 +78,16 @@ class ConditionalPolicy:
         low, high = self.meta["target_range"]
         return float(low), float(high)
 
-    def bind(self, space: PruningSpace, model_fingerprint: str | None = None) -> ConditionalPolicy:
-        """Attach the pruning space of the base model; refuses a model the policy was not trained for."""
+    @property
+    def settings(self) -> PruningSettings:
+        return PruningSettings.from_policy_meta(self.meta)
+
+    def bind(self, space: PruningSpace, model_fingerprint: str | None = None,
+             scores: Sequence[np.ndarray] | None = None, data: Any = None) -> ConditionalPolicy:
+        """Attach the pruning space of the base model; refuses a model the policy was not trained for.
+
+        ``scores`` are the importance scores to rank channels by (default: those saved with the
+        policy, else computed for its criterion, on ``data`` where the criterion needs it)."""
         if group_signature(space) != self.meta["groups"]:
             raise AutopruneError(
                 f"this policy was trained for a {self.meta.get('arch', '?')} with {len(self.meta['groups'])} channel groups; "
@@ -85,17 +97,22 @@ class ConditionalPolicy:
             raise AutopruneError(
                 f"this policy was trained for base model {self.meta['base_fingerprint']} but the given model's weights "
                 f"differ ({fp}): use the checkpoint the search used, or search again for this model")
+        criterion = self.settings.criterion
+        if scores is None:
+            scores = self.scores
+        if scores is not None:
+            space.set_importance(criterion, scores)
+        self.scores = space.importance(criterion, data)
         self.space = space
         return self
 
     def _episode(self) -> StrategyEpisode:
-        if self.space is None:
+        if self.space is None or self.scores is None:
             raise AutopruneError("the policy is not bound to its base model: load it with load_policy(dir, checkpoint=...)"
                                  " or call policy.prune(model, target)")
-        # policies saved before these options existed neither filled the budget nor had a global prior
-        prior = make_prior(self.meta.get("prior", "uniform"), self.space, self.meta["criterion"], self.meta["min_keep"])
-        return StrategyEpisode(self.space, self.meta["min_keep"], self.meta["tolerance"], self.meta.get("action_mode", "absolute"),
-                               self.meta.get("fill_budget", False), prior)
+        s = self.settings
+        prior = make_prior(s.prior, self.space, s.min_keep, self.scores)
+        return StrategyEpisode(self.space, s.min_keep, s.tolerance, s.action_mode, s.fill_budget, prior)
 
     def _check_target(self, target: float, allow_extrapolation: bool) -> float:
         target = check_target(target)
@@ -134,24 +151,22 @@ class ConditionalPolicy:
         the budget for ``target``, by ``score`` (e.g. the proxy). Returns (strategy, score, candidates scored)."""
         candidates = self.rollouts(target, max(k, 1), seed=seed, allow_extrapolation=allow_extrapolation)
         assert self.space is not None
-        tolerance = self.meta["tolerance"]
+        settings = self.settings
         for found in self.meta.get("best_per_target_bin", {}).values():
             strategy = np.asarray(found["strategy"])
-            if target - tolerance <= self.space.flops_ratio(strategy) <= target + 1e-12:
+            if target - settings.tolerance <= self.space.flops_ratio(strategy) <= target + 1e-12:
                 # found for a nearby target: spend this target's budget too, as the rollouts do
-                candidates.append(self.space.fill(strategy, target) if self.meta.get("fill_budget") else strategy)
+                candidates.append(self.space.fill(strategy, target) if settings.fill_budget else strategy)
         scores = [score(s) for s in candidates]
         best = int(np.argmax(scores))
         return candidates[best], scores[best], len(candidates)
 
-    def prune(self, model: nn.Module, target: float, criterion: str | None = None, data: Any = None,
-              allow_extrapolation: bool = False) -> nn.Module:
+    def prune(self, model: nn.Module, target: float, allow_extrapolation: bool = False) -> nn.Module:
         """Prune ``model`` (the policy's base model) for ``target``; returns a new, smaller model."""
         if self.space is None or self.space.model is not model:
-            example = torch.zeros(1, *self.meta["input_shape"])
-            self.bind(PruningSpace(model, example, round_to=self.meta.get("round_to", 1)), fingerprint(model))
+            self.bind(policy_space(model, self.meta), fingerprint(model))
         assert self.space is not None
-        return self.space.apply(self.strategy(target, allow_extrapolation), criterion or self.meta["criterion"], data)
+        return self.space.apply(self.strategy(target, allow_extrapolation), self.settings.criterion)
 
     def save(self, directory: str | os.PathLike) -> None:
         from autoprune.agents.common import torch_save_atomic, write_json
@@ -159,12 +174,37 @@ class ConditionalPolicy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch_save_atomic({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, directory / "policy.pt")
+        if self.scores is not None:
+            torch_save_atomic({"criterion": self.settings.criterion,
+                               "scores": [torch.as_tensor(np.asarray(s, dtype=np.float64)) for s in self.scores]},
+                              directory / IMPORTANCE_FILE)
         write_json(directory / "policy.json", self.meta)
 
 
+def policy_space(model: nn.Module, meta: dict[str, Any]) -> PruningSpace:
+    """The pruning space a policy sees on ``model``."""
+    return PruningSpace(model, torch.zeros(1, *meta["input_shape"]), round_to=PruningSettings.from_policy_meta(meta).round_to)
+
+
+def _load_scores(directory: Path, criterion: str) -> list[np.ndarray] | None:
+    path = directory / IMPORTANCE_FILE
+    if not path.is_file():
+        return None  # saved before scores were stored: they are recomputed for the criterion
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["criterion"] != criterion:
+            raise ValueError(f"scores of criterion {saved['criterion']!r}")
+        return [t.numpy() for t in saved["scores"]]
+    except (ValueError, RuntimeError, OSError, EOFError, KeyError, TypeError) as exc:
+        raise AutopruneError(f"{path} is damaged ({str(exc).splitlines()[0][:120] or exc.__class__.__name__})") from None
+
+
 def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-                model: nn.Module | None = None) -> ConditionalPolicy:
-    """Load a policy directory; bind it to ``model`` / ``checkpoint`` (default: the search's checkpoint, if present)."""
+                model: nn.Module | None = None, data: Any = None) -> ConditionalPolicy:
+    """Load a policy directory; bind it to ``model`` / ``checkpoint`` (default: the search's checkpoint, if present).
+
+    ``data`` (training batches) is needed only for an old policy of a data-dependent criterion saved
+    without its importance scores."""
     directory = Path(directory)
     meta_path, weights_path = directory / "policy.json", directory / "policy.pt"
     if not meta_path.is_file() or not weights_path.is_file():
@@ -185,7 +225,11 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
     except (RuntimeError, KeyError) as exc:
         raise AutopruneError(f"{weights_path} does not match a {meta['agent']} policy: {str(exc).splitlines()[0][:160]}") from None
     network.set_training_mode(False)
-    policy = ConditionalPolicy(network, meta)
+    try:
+        criterion = PruningSettings.from_policy_meta(meta).criterion
+    except (AutopruneError, TypeError) as exc:
+        raise AutopruneError(f"{meta_path} holds invalid settings: {exc}") from None
+    policy = ConditionalPolicy(network, meta, scores=_load_scores(directory, criterion))
     if model is None and checkpoint is None and meta.get("checkpoint") and Path(meta["checkpoint"]).is_file():
         checkpoint = meta["checkpoint"]
     if checkpoint is not None:
@@ -193,6 +237,5 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
 
         model = load_model(checkpoint)[0]
     if model is not None:
-        space = PruningSpace(model, torch.zeros(1, *meta["input_shape"]), round_to=meta.get("round_to", 1))
-        policy.bind(space, fingerprint(model))
+        policy.bind(policy_space(model, meta), fingerprint(model), data=data)
     return policy

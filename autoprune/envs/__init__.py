@@ -9,11 +9,11 @@ if ENV_ID not in gymnasium.registry:
 
 
 def __getattr__(name: str):  # lazy, so that registering does not import torch
-    if name in ("ChannelPruningEnv", "REWARDS"):
+    if name == "ChannelPruningEnv":
         from autoprune.envs import channel_pruning
 
         return getattr(channel_pruning, name)
     raise AttributeError(name)
 
 
-__all__ = ["ENV_ID", "ChannelPruningEnv", "REWARDS"]
+__all__ = ["ENV_ID", "ChannelPruningEnv"]

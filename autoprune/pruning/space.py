@@ -288,7 +288,7 @@ class PruningSpace:
         if self.min_flops_ratio(min_keep) > target:
             raise AutopruneError(f"target {target:g} is below the smallest FLOPs ratio this model reaches "
                                  f"({self.min_flops_ratio(min_keep):.4f}) with keep ratio {min_keep:g}")
-        ratio = self._largest_within(lambda a: np.full(self.num_groups, min_keep + a * (1.0 - min_keep)), target)
+        ratio = self.largest_within(lambda a: np.full(self.num_groups, min_keep + a * (1.0 - min_keep)), target)
         return np.full(self.num_groups, min_keep + ratio * (1.0 - min_keep))
 
     def global_ranking(self, target: float, scores: Sequence[np.ndarray], min_keep: float = 0.0) -> np.ndarray:
@@ -318,7 +318,7 @@ class PruningSpace:
                 lo = mid + 1
         return counts_after(lo) / self.channels
 
-    def _largest_within(self, make: Callable[[float], np.ndarray], target: float, steps: int = 50) -> float:
+    def largest_within(self, make: Callable[[float], np.ndarray], target: float, steps: int = 50) -> float:
         """The largest ``a`` in [0, 1] with ``flops_ratio(make(a)) <= target``, for ``make`` whose FLOPs
         grow with ``a`` (bisection; 0 when even ``make(0)`` is over)."""
         if self.flops_ratio(make(1.0)) <= target:
@@ -348,7 +348,7 @@ class PruningSpace:
             return ratios
         pruned = 1.0 - ratios
         # a = the fraction of every group's pruning given back: 0 = the strategy as given, 1 = dense
-        a = self._largest_within(lambda a: 1.0 - (1.0 - a) * pruned, target, steps=40)
+        a = self.largest_within(lambda a: 1.0 - (1.0 - a) * pruned, target, steps=40)
         filled = np.maximum(self.keep_counts(1.0 - (1.0 - a) * pruned), kept)
         # A common factor moves in coarse steps with round_to > 1 (a 16-channel group keeps 8 or 16):
         # hand single steps to the most-pruned groups while they fit.
@@ -377,6 +377,13 @@ class PruningSpace:
         if refresh or criterion not in self._scores:
             self._scores[criterion] = create_criterion(criterion).scores(self, data)
         return self._scores[criterion]
+
+    def set_importance(self, criterion: str, scores: Sequence[np.ndarray]) -> None:
+        """Use ``scores`` (computed elsewhere, e.g. stored with a policy) as this space's ``criterion`` scores."""
+        if len(scores) != self.num_groups or any(len(s) != c for s, c in zip(scores, self.channels)):
+            raise AutopruneError(f"importance scores for {len(scores)} groups do not fit this model's "
+                                 f"{self.num_groups} groups of {self.channels.tolist()} channels")
+        self._scores[criterion] = [np.asarray(s, dtype=np.float64) for s in scores]
 
     def apply(self, strategy: Sequence[float] | np.ndarray, criterion: str = "l1", data: Iterable | None = None) -> nn.Module:
         """A new, physically smaller copy of the model, pruned with ``strategy`` (the base is untouched).

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from autoprune.data import BatchLoader, DataSplits
 from autoprune.errors import AutopruneError
+from autoprune.recovery import calibration_batches
 from autoprune.training import recalibrate_bn
 
 MIN_PROXY_IMAGES = 20
@@ -45,8 +46,7 @@ class AccuracyProxy:
         self.num_images = num_images
         # Fixed batches: the same images score every strategy, so differences come from the strategy.
         self.val_batches = list(BatchLoader(val, batch_size))
-        calib = BatchLoader(splits.train, min(batch_size, len(splits.train)), shuffle=True, seed=0, max_batches=calib_batches)
-        self.calib_batches = [x for x, _ in calib] if adaptive_bn else []
+        self.calib_batches = calibration_batches(splits.train, calib_batches, batch_size, seed=0) if adaptive_bn else []
         self.adaptive_bn = adaptive_bn
         if finetune_steps < 0:
             raise AutopruneError(f"finetune_steps must be >= 0, got {finetune_steps}")

@@ -1,49 +1,84 @@
 """One pass over the groups of a ``PruningSpace``: observations and the action wall, without data.
 
-The environment adds the accuracy proxy and the reward on top; a trained policy replays episodes
+``PruningTask`` adds the accuracy proxy and the reward on top; a trained policy replays episodes
 with this class alone to produce strategies, so querying a policy needs no data set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
+from autoprune.registry import Registry
 
 OBSERVATION_FEATURES = (
     "group_index", "layer_type", "in_channels", "out_channels", "kernel", "stride", "feature_size",
     "flops_share", "params_share", "flops_removed", "flops_rest", "previous_action", "target", "budget_slack",
 )
+FEATURE = {name: i for i, name in enumerate(OBSERVATION_FEATURES)}  # observation index by feature name
 LAYER_KIND = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
-ACTION_MODES = ("offset", "absolute")
 
 Prior = Callable[[float], np.ndarray]  # target -> keep ratio per group
+PriorFactory = Callable[[PruningSpace, float, Sequence[np.ndarray]], Prior]  # (space, min_keep, importance scores)
+
+# Where an ``offset`` action of 0 puts each group, for a target.
+PRIORS: Registry[PriorFactory] = Registry("prior")
 
 
-def _uniform_prior(space: PruningSpace, criterion: str, min_keep: float, data: Iterable | None) -> Prior:
+@PRIORS.register("uniform")
+def uniform_prior(space: PruningSpace, min_keep: float, scores: Sequence[np.ndarray]) -> Prior:
+    """One keep ratio for all groups (the largest within the target)."""
     return lambda target: space.uniform(target, min_keep)
 
 
-def _global_prior(space: PruningSpace, criterion: str, min_keep: float, data: Iterable | None) -> Prior:
-    scores = space.importance(criterion, data)  # cached by the space: computed once per criterion
+@PRIORS.register("global")
+def global_prior(space: PruningSpace, min_keep: float, scores: Sequence[np.ndarray]) -> Prior:
+    """The allocation of a global ranking of channel importance (torch-pruning's global pruning)."""
     return lambda target: space.global_ranking(target, scores, min_keep)
 
 
-# Where an ``offset`` action of 0 puts each group, for a target: one keep ratio for all groups, or the
-# allocation of a global ranking of channel importance (torch-pruning's global pruning).
-PRIORS: dict[str, Callable[[PruningSpace, str, float, Iterable | None], Prior]] = {
-    "uniform": _uniform_prior, "global": _global_prior}
+def make_prior(name: str, space: PruningSpace, min_keep: float, scores: Sequence[np.ndarray]) -> Prior:
+    """The prior called ``name`` (see ``PRIORS``) for ``space``, ranking channels by ``scores``."""
+    return PRIORS.get(name)(space, min_keep, scores)
 
 
-def make_prior(name: str, space: PruningSpace, criterion: str = "l1", min_keep: float = 0.0,
-               data: Iterable | None = None) -> Prior:
-    """The prior called ``name`` (see ``PRIORS``) for ``space``."""
-    if name not in PRIORS:
-        raise AutopruneError(f"unknown prior {name!r}; choose one of {', '.join(PRIORS)}")
-    return PRIORS[name](space, criterion, min_keep, data)
+class ActionMode:
+    """Maps an action in [-1, 1] to a keep ratio in [min_keep, 1] around a centre (the prior's ratio), and back."""
+
+    def keep_ratio(self, action: float, centre: float, min_keep: float) -> float:
+        raise NotImplementedError
+
+    def action_for(self, ratio: float, centre: float, min_keep: float) -> float:
+        raise NotImplementedError
+
+
+ACTION_MODES: Registry[type[ActionMode]] = Registry("action mode")
+
+
+@ACTION_MODES.register("offset")
+class OffsetActions(ActionMode):
+    """Piecewise linear with 0 at the prior's ratio: -1 -> min_keep, 0 -> prior, 1 -> 1."""
+
+    def keep_ratio(self, action: float, centre: float, min_keep: float) -> float:
+        return centre + action * ((1 - centre) if action >= 0 else (centre - min_keep))
+
+    def action_for(self, ratio: float, centre: float, min_keep: float) -> float:
+        span = (1 - centre) if ratio >= centre else (centre - min_keep)
+        return float(np.clip((ratio - centre) / span, -1, 1)) if span > 0 else 0.0
+
+
+@ACTION_MODES.register("absolute")
+class AbsoluteActions(ActionMode):
+    """Linear, as in AMC: -1 -> min_keep, 1 -> 1 (the prior is ignored)."""
+
+    def keep_ratio(self, action: float, centre: float, min_keep: float) -> float:
+        return min_keep + (action + 1) / 2 * (1 - min_keep)
+
+    def action_for(self, ratio: float, centre: float, min_keep: float) -> float:
+        return float(np.clip(2 * (ratio - min_keep) / (1 - min_keep) - 1, -1, 1))
 
 
 class StrategyEpisode:
@@ -53,14 +88,13 @@ class StrategyEpisode:
                  action_mode: str = "offset", fill_budget: bool = True, prior: Prior | None = None) -> None:
         if not 0 < min_keep <= 1:
             raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
-        if action_mode not in ACTION_MODES:
-            raise AutopruneError(f"unknown action mode {action_mode!r}; choose one of {', '.join(ACTION_MODES)}")
         self.action_mode = action_mode
+        self._actions = ACTION_MODES.get(action_mode)()
         self.space = space
         self.min_keep = float(min_keep)
         self.tolerance = float(tolerance)
         self.fill_budget = bool(fill_budget)
-        self.prior = prior or _uniform_prior(space, "l1", float(min_keep), None)
+        self.prior = prior or uniform_prior(space, float(min_keep), [])
         self.min_counts = space.keep_counts(np.full(space.num_groups, float(min_keep)))
         self.floor = space.min_flops_ratio(min_keep)
         self.features = self._static_features()
@@ -99,20 +133,11 @@ class StrategyEpisode:
         current group and target (-1 -> min_keep, 0 -> prior, 1 -> 1), so an untrained policy starts
         near the prior's strategy (uniform, or a global ranking) and learns deviations from it.
         """
-        a = float(action)
-        if self.action_mode == "absolute":
-            return self.min_keep + (a + 1) / 2 * (1 - self.min_keep)
-        u = self._centre()
-        return u + a * ((1 - u) if a >= 0 else (u - self.min_keep))
+        return self._actions.keep_ratio(float(action), self._centre(), self.min_keep)
 
     def action_for(self, keep_ratio: float) -> float:
         """The action that maps to ``keep_ratio`` (inverse of ``keep_ratio``)."""
-        r = float(keep_ratio)
-        if self.action_mode == "absolute":
-            return float(np.clip(2 * (r - self.min_keep) / (1 - self.min_keep) - 1, -1, 1))
-        u = self._centre()
-        span = (1 - u) if r >= u else (u - self.min_keep)
-        return float(np.clip((r - u) / span, -1, 1)) if span > 0 else 0.0
+        return self._actions.action_for(float(keep_ratio), self._centre(), self.min_keep)
 
     def _centre(self) -> float:
         return float(self.centre[min(self.index, self.space.num_groups - 1)])
@@ -170,6 +195,12 @@ class StrategyEpisode:
         previous = 1.0 if t == 0 else self.counts[t - 1] / self.space.channels[t - 1]
         obs = np.concatenate([s[:9], [removed, s[9], previous, self.target, slack]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    def terminal_observation(self) -> np.ndarray:
+        """What follows the last decision: zeros but the target (nothing is left to decide)."""
+        obs = np.zeros(len(OBSERVATION_FEATURES), np.float32)
+        obs[FEATURE["target"]] = self.target
+        return obs
 
     def _action_wall(self, t: int, wanted: int) -> int:
         """Clamp group ``t``'s channel count so the finished strategy can still meet the budget."""

@@ -1,0 +1,92 @@
+"""``PruningSettings``: the one record of what defines a pruning problem for a base model.
+
+The search, the environment, the baselines, ``prune`` and ``evaluate`` all read these settings from
+one object, and a policy directory stores it whole (``policy.json`` key ``settings``), so a policy is
+queried under exactly the rules it was searched under.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from autoprune.errors import AutopruneError
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """How strategies are built and scored (see ``ChannelPruningEnv`` for what each rule does).
+
+    - ``criterion``: channel importance criterion (``autoprune criteria``); which channels a keep
+      ratio removes within a group.
+    - ``min_keep``: smallest keep ratio an action maps to.
+    - ``tolerance``: how far below the target a strategy may end before the budget fill.
+    - ``round_to``: keep channel counts that are multiples of this (1: any count).
+    - ``action_mode``: how an action in [-1, 1] maps to a keep ratio (``ACTION_MODES``).
+    - ``prior``: where an ``offset`` action of 0 lands (``PRIORS``).
+    - ``fill_budget``: spend what the action wall leaves of the budget.
+    - ``reward``: the episode's reward (``REWARDS``).
+    - ``proxy_images``: validation images the proxy scores (None: all of the split).
+    - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy.
+    - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
+    """
+
+    criterion: str = "l1"
+    min_keep: float = 0.1
+    tolerance: float = 0.02
+    round_to: int = 1
+    action_mode: str = "offset"
+    prior: str = "global"
+    fill_budget: bool = True
+    reward: str = "relative"
+    proxy_images: int | None = None
+    proxy_steps: int = 0
+    adaptive_bn: bool = True
+    calib_batches: int = 4
+
+    def __post_init__(self) -> None:
+        from autoprune.pruning import list_criteria
+        from autoprune.task.episode import ACTION_MODES, PRIORS
+        from autoprune.task.rewards import REWARDS
+
+        for value, registry, what in ((self.criterion, list_criteria(), "criterion"),
+                                      (self.action_mode, ACTION_MODES.names(), "action mode"),
+                                      (self.prior, PRIORS.names(), "prior"), (self.reward, REWARDS.names(), "reward")):
+            if value not in registry:
+                raise AutopruneError(f"unknown {what} {value!r}; choose one of {', '.join(registry)}")
+        if not 0 < self.min_keep <= 1:
+            raise AutopruneError(f"min_keep must be in (0, 1], got {self.min_keep}")
+        if not 0 <= self.tolerance < 1:
+            raise AutopruneError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if int(self.round_to) < 1:
+            raise AutopruneError(f"round_to must be >= 1, got {self.round_to}")
+        if self.proxy_steps < 0:
+            raise AutopruneError(f"proxy_steps must be >= 0, got {self.proxy_steps}")
+        if self.calib_batches < 1:
+            raise AutopruneError(f"calib_batches must be >= 1, got {self.calib_batches}")
+
+    def replace(self, **changes: Any) -> PruningSettings:
+        """A copy with ``changes``; None values leave a setting as it is (handy for optional CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PruningSettings:
+        """Read a stored record; a setting added after it was written reads as its default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_policy_meta(cls, meta: dict[str, Any]) -> PruningSettings:
+        """The settings of a policy directory's ``policy.json``, including those written before the
+        record existed: their settings sat at the top level, and a policy saved before an option
+        existed ran without it (no budget fill, a uniform prior, AMC's absolute actions)."""
+        if "settings" in meta:
+            return cls.from_dict(meta["settings"])
+        legacy = {"fill_budget": False, "prior": "uniform", "action_mode": "absolute"}
+        values = {f.name: meta.get(f.name, legacy.get(f.name, f.default)) for f in fields(cls)}
+        values["proxy_steps"] = meta.get("proxy_finetune_steps", 0)
+        return cls(**values)

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from autoprune import AutopruneError
+from autoprune.pruning import list_criteria
+from autoprune.task import ACTION_MODES, PRIORS, REWARDS, PruningSettings, PruningTask
+
+
+@pytest.fixture(scope="module")
+def task(trained_small, digits):
+    model, _ = trained_small
+    return PruningTask(model, digits)
+
+
+def test_settings_record_round_trips_and_reads_older_files():
+    settings = PruningSettings(criterion="l2", round_to=8, prior="uniform", proxy_steps=5)
+    assert PruningSettings.from_dict(settings.to_dict()) == settings
+    assert PruningSettings.from_dict({"criterion": "fpgm"}) == PruningSettings(criterion="fpgm")  # later fields: defaults
+    assert PruningSettings.from_policy_meta({"settings": settings.to_dict()}) == settings
+    # policy.json before the record: settings at the top level; options that did not exist yet were off
+    legacy = {"criterion": "l1", "min_keep": 0.2, "tolerance": 0.02, "round_to": 1, "reward": "relative",
+              "proxy_images": 500, "proxy_finetune_steps": 50}
+    read = PruningSettings.from_policy_meta(legacy)
+    assert (read.min_keep, read.proxy_images, read.proxy_steps) == (0.2, 500, 50)
+    assert (read.prior, read.fill_budget, read.action_mode) == ("uniform", False, "absolute")
+    assert settings.replace(criterion=None, min_keep=0.3) == PruningSettings(criterion="l2", round_to=8, prior="uniform",
+                                                                           proxy_steps=5, min_keep=0.3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("criterion", "nope", "unknown criterion"), ("prior", "best", "unknown prior 'best'"),
+    ("action_mode", "relative", "unknown action mode"), ("reward", "nope", "unknown reward"),
+    ("min_keep", 0.0, "min_keep"), ("round_to", 0, "round_to"), ("proxy_steps", -1, "proxy_steps"),
+])
+def test_settings_refuse_bad_values(field, value, message):
+    with pytest.raises(AutopruneError, match=message):
+        PruningSettings(**{field: value})
+
+
+@pytest.mark.parametrize("mode", ACTION_MODES.names())
+def test_every_action_mode_inverts_and_meets_the_budget(task, mode):
+    derived = task.derive(action_mode=mode)
+    episode = derived.episode()
+    rng = np.random.default_rng(0)
+    for target in (0.25, 0.5, 0.8):
+        episode.reset(target)
+        for ratio in (0.1, 0.3, episode.centre[0], 0.9, 1.0):
+            assert episode.keep_ratio(episode.action_for(ratio)) == pytest.approx(ratio)
+        strategy = episode.run(target, rng.uniform(-1, 1, task.space.num_groups))
+        assert target - 0.02 <= task.space.flops_ratio(strategy) <= target + 1e-12
+        assert episode.action_mode == mode
+
+
+@pytest.mark.parametrize("prior", PRIORS.names())
+def test_every_prior_is_where_zero_offset_actions_land(task, prior):
+    derived = task.derive(prior=prior)
+    for target in (0.3, 0.6):
+        strategy = derived.episode().run(target, np.zeros(task.space.num_groups))
+        np.testing.assert_array_equal(task.space.keep_counts(strategy), task.space.keep_counts(derived.prior_strategy(target)))
+        assert derived.prior_baseline(target) == pytest.approx(derived.score(strategy))
+
+
+@pytest.mark.parametrize("reward", REWARDS.names())
+def test_every_reward_is_finite_and_relative_is_zero_at_the_prior(task, reward):
+    derived = task.derive(reward=reward)
+    strategy = derived.prior_strategy(0.5)
+    value = derived.reward(derived.score(strategy), task.space.flops(strategy), 0.5)
+    assert np.isfinite(value)
+    if reward == "relative":
+        assert value == pytest.approx(0.0)
+
+
+def test_derive_shares_what_the_change_leaves_valid(task):
+    other_reward = task.derive(reward="accuracy")
+    assert other_reward.proxy is task.proxy and other_reward.space is task.space and other_reward.scores is task.scores
+    other_proxy = task.derive(proxy_images=100)
+    assert other_proxy.proxy is not task.proxy and other_proxy.proxy.num_images == 100
+    assert task.derive(criterion="l2").scores is not task.scores
+
+
+def test_every_criterion_builds_a_task(trained_small, digits, task):
+    model, _ = trained_small
+    for criterion in list_criteria():
+        scores = PruningTask(model, digits, PruningSettings(criterion=criterion), space=task.space).scores
+        assert [len(s) for s in scores] == task.space.channels.tolist()
+
+
+def test_targets_the_model_cannot_reach_are_refused(task):
+    with pytest.raises(AutopruneError, match="cannot be met"):
+        task.check_target_range(task.floor / 2, 0.9)
+    with pytest.raises(AutopruneError, match="low <= high"):
+        task.check_target_range(0.8, 0.3)
