@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the schedule, average the weights over this many constant-lr epochs (SWA)")
     p.add_argument("--swa-lr", type=float, default=0.05, help="learning rate during weight averaging")
     precision_arg(p)
+    p.add_argument("--sparsity", metavar="METHOD",
+                   help="sparsity-regularised training to prepare for pruning: bn-l1 (L1 penalty on the "
+                        "BatchNorm scales, network slimming); writes <out>.scales.png")
+    p.add_argument("--sparsity-lambda", type=float, metavar="LAMBDA",
+                   help="weight of the L1 penalty (default 1e-4); needs --sparsity")
+    p.add_argument("--dynamic-thresholds", action="store_true",
+                   help="penalise only channels below a per-layer threshold recomputed every epoch, keeping at "
+                        "least a quarter of every layer above it (needs --sparsity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same arch and classes) instead of a random init: "
@@ -126,13 +134,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.arch.startswith(models.TORCHVISION_PREFIX):
         models.MODELS.get(args.arch)  # fail fast on a typo, before loading any data
     out = Path(args.out)
+    if args.sparsity is None and args.sparsity_lambda is not None:
+        raise AutopruneError("--sparsity-lambda needs a sparsity method: give --sparsity bn-l1 as well")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          schedule=args.schedule, label_smoothing=args.label_smoothing, seed=args.seed,
-                         swa_epochs=args.swa_epochs, swa_lr=args.swa_lr, precision=args.precision or "fp32")
+                         swa_epochs=args.swa_epochs, swa_lr=args.swa_lr, precision=args.precision or "fp32",
+                         sparsity=args.sparsity, dynamic_thresholds=args.dynamic_thresholds,
+                         **({} if args.sparsity_lambda is None else {"sparsity_lambda": args.sparsity_lambda}))
     splits = load_splits(args.data, args.data_dir, args.val_size)
     seed_everything(args.seed)
     model = models.create(args.arch, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
     init = _load_init(args.init, model, args.arch, splits.num_classes) if args.init else None
+    before = None
+    if config.sparsity is not None:
+        from autoprune.sparsity import SparsityRegularizer, bn_scales
+
+        regularizer = SparsityRegularizer(config.sparsity, config.sparsity_lambda, config.dynamic_thresholds)
+        regularizer.check_model(model)  # before any training: the model has BatchNorm scales to penalise
+        before = (bn_scales(model), regularizer.layer_stats(model))
     print(f"training {args.arch} on {args.data}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images")
     result = fit(model, splits, config, resume_path=out.with_name(out.name + ".partial"), progress=not args.no_progress)
     test_acc = evaluate(model, splits.test)
@@ -143,6 +162,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     if init is not None:
         meta["init"] = init
+    if result.sparsity is not None and before is not None:
+        from autoprune.sparsity import format_layer_stats, plot_scale_distributions, summary_line
+
+        plot = out.with_name(out.name + ".scales.png")
+        thresholds = {r["layer"]: r["threshold"] for r in result.sparsity["layers"]}
+        plot_scale_distributions(before[0], model, plot, thresholds=thresholds,
+                                 title=f"{args.arch}: BatchNorm scales before and after {config.sparsity} training")
+        meta["sparsity"] = {**result.sparsity, "before": before[1], "scales_plot": plot.name}
+        print(format_layer_stats(result.sparsity["layers"], before=before[1]))
+        print(f"before: {summary_line(before[1])}\nafter:  {summary_line(result.sparsity['layers'])}  -> {plot}")
     save_model(out, model, args.arch, splits.num_classes, meta, in_channels=splits.input_shape[0])
     out.with_name(out.name + ".partial").unlink(missing_ok=True)
     print(f"test accuracy {test_acc:.2f}%  (best val {result.best_val_accuracy:.2f}%, {result.seconds / 60:.1f} min) -> {out}")

@@ -5,7 +5,9 @@ One loop serves base training (``autoprune train``) and recovery fine-tuning (``
 divergence between temperature-softened teacher and student outputs, scaled by T^2. Stochastic weight
 averaging (Izmailov et al., "Averaging Weights Leads to Wider Optima and Better Generalization", 2018)
 optionally follows the main schedule: a constant learning rate, the weights averaged once per epoch,
-then BatchNorm statistics re-estimated for the averaged weights.
+then BatchNorm statistics re-estimated for the averaged weights. ``sparsity="bn-l1"`` adds an L1 penalty on
+the BatchNorm scales (network slimming, optionally with per-layer dynamic thresholds; see
+``autoprune.sparsity``) to prepare a network for channel pruning.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from autoprune.data import BatchLoader, DataSplits, ImageDataset
 from autoprune.errors import AutopruneError
+from autoprune.sparsity import SparsityRegularizer, check_method, summarize, summary_line
 from autoprune.utils import atomic_path
 
 SCHEDULES = ("onecycle", "cosine")
@@ -50,6 +53,9 @@ class TrainConfig:
     swa_epochs: int = 0  # epochs of weight averaging after the main schedule (0: off)
     swa_lr: float = 0.05  # constant learning rate during weight averaging
     precision: str = "fp32"  # one of PRECISIONS
+    sparsity: str | None = None  # "bn-l1": L1 penalty on BatchNorm scales (network slimming); None: off
+    sparsity_lambda: float = 1e-4  # weight of the L1 penalty
+    dynamic_thresholds: bool = False  # penalise only channels below per-layer thresholds (autoprune.sparsity)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.swa_epochs < 0:
@@ -68,13 +74,21 @@ class TrainConfig:
             raise AutopruneError("distill_alpha must be in [0, 1]")
         if self.precision not in PRECISIONS:
             raise AutopruneError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.sparsity is not None:
+            check_method(self.sparsity)
+        if not (self.sparsity_lambda >= 0 and math.isfinite(self.sparsity_lambda)):
+            raise AutopruneError(f"the sparsity penalty lambda must be a finite number >= 0, got {self.sparsity_lambda}")
+        if self.dynamic_thresholds and self.sparsity is None:
+            raise AutopruneError("dynamic thresholds need a sparsity method: give --sparsity bn-l1 as well")
 
 
 @dataclass
 class TrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_val_accuracy: float = 0.0
     seconds: float = 0.0
+    # with TrainConfig.sparsity: the regularizer's settings and per-layer scale statistics of the returned weights
+    sparsity: dict[str, Any] | None = None
 
 
 @torch.inference_mode()
@@ -157,6 +171,10 @@ def fit(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
     if teacher is not None:
         teacher.eval().to(memory_format=torch.channels_last)
+    regularizer = None
+    if config.sparsity is not None:
+        regularizer = SparsityRegularizer(config.sparsity, config.sparsity_lambda, config.dynamic_thresholds)
+        regularizer.check_model(model)
 
     result = TrainResult()
     best_state = copy.deepcopy(model.state_dict())
@@ -164,7 +182,7 @@ def fit(
     swa = _WeightAverage() if config.swa_epochs else None
     if resume_path is not None and Path(resume_path).exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state.get("config") != asdict(config):
+        if not _same_settings(state.get("config"), config):
             raise AutopruneError(f"{resume_path} was written by a run with other settings; delete it or use the same ones")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -174,6 +192,8 @@ def fit(
         best_state, start_epoch = state["best_model"], state["epoch"]
         if swa is not None and state.get("swa") is not None:
             swa.load_state_dict(state["swa"])
+        if regularizer is not None and state.get("sparsity") is not None:
+            regularizer.load_state_dict(state["sparsity"])
         result.history, result.best_val_accuracy, result.seconds = state["history"], state["best_val_accuracy"], state["seconds"]
         log(f"resuming from {resume_path} at epoch {start_epoch + 1}/{config.epochs + config.swa_epochs}")
 
@@ -201,6 +221,8 @@ def fit(
                 loss = (1 - config.distill_alpha) * loss + config.distill_alpha * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if regularizer is not None:
+                regularizer.after_backward(model)
             optimizer.step()
             if not averaging:
                 scheduler.step()
@@ -208,6 +230,8 @@ def fit(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        if regularizer is not None:
+            regularizer.on_epoch_end(model)  # dynamic thresholds follow each layer's scales
         if averaging:
             assert swa is not None
             swa.update(model)
@@ -218,21 +242,40 @@ def fit(
         seconds = time.perf_counter() - t0
         result.seconds += seconds
         lr = config.swa_lr if averaging else scheduler.get_last_lr()[0]
-        row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": 100 * correct / seen,
-               "val_accuracy": val_acc, "lr": lr, "seconds": seconds}
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": 100 * correct / seen,
+                               "val_accuracy": val_acc, "lr": lr, "seconds": seconds}
         if averaging:
             row["swa"] = True
+        if regularizer is not None:
+            stats = regularizer.layer_stats(model)
+            row["sparsity"] = {**summarize(stats), "layers": stats}
         result.history.append(row)
         if val_acc >= result.best_val_accuracy:
             result.best_val_accuracy = val_acc
             best_state = copy.deepcopy(candidate.state_dict())
-        log(f"{label}epoch {epoch + 1:3d}/{total_epochs}  loss {row['loss']:.4f}  train {row['train_accuracy']:.2f}%  "
+        head = f"{label}epoch {epoch + 1:3d}/{total_epochs}  "
+        log(f"{head}loss {row['loss']:.4f}  train {row['train_accuracy']:.2f}%  "
             f"val {val_acc:.2f}%  lr {lr:.4f}  {seconds:.0f}s")
+        if regularizer is not None:
+            log(" " * len(head) + summary_line(stats))
         if resume_path is not None:
             _save_resume(resume_path, config, model, optimizer, scheduler, loader, best_state, epoch + 1, result,
-                         swa.state_dict() if swa is not None else None)
+                         swa.state_dict() if swa is not None else None,
+                         regularizer.state_dict() if regularizer is not None else None)
     model.load_state_dict(best_state)
+    if regularizer is not None:
+        regularizer.on_epoch_end(model)  # thresholds of the weights returned (the best epoch's)
+        result.sparsity = {**regularizer.settings(), "layers": regularizer.layer_stats(model)}
     return result
+
+
+def _same_settings(saved: dict[str, Any] | None, config: TrainConfig) -> bool:
+    """Whether a resume file's settings are ``config``'s; a setting it predates counts as its default."""
+    current = asdict(config)
+    if not isinstance(saved, dict) or not set(saved) <= set(current):
+        return False
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return all(saved.get(key, defaults.get(key, MISSING)) == value for key, value in current.items())
 
 
 class _WeightAverage:
@@ -273,9 +316,9 @@ class _WeightAverage:
 
 def _save_resume(path: str | os.PathLike, config: TrainConfig, model: nn.Module, optimizer: Any, scheduler: Any,
                  loader: BatchLoader, best_state: dict, epoch: int, result: TrainResult,
-                 swa_state: dict[str, Any] | None = None) -> None:
+                 swa_state: dict[str, Any] | None = None, sparsity_state: dict[str, Any] | None = None) -> None:
     state = {
-        "swa": swa_state,
+        "swa": swa_state, "sparsity": sparsity_state,
         "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
         "best_model": best_state, "epoch": epoch, "history": result.history,
