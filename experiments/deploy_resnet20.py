@@ -13,10 +13,10 @@ import tyro
 from autoprune.checkpoint import load_model, save_model
 from autoprune.data import BatchLoader
 from autoprune.deploy.bench import format_table
-from autoprune.deploy.finetune import finetune
 from autoprune.deploy.quantize import quantize
 from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace, count_flops, count_params
+from autoprune.recovery import FinetuneRecipe, finetune
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import seed_everything
 from experiments.common import bench_in_fresh_processes, shaped_strategy, write_report
@@ -33,6 +33,7 @@ class Config:
     round_to: int = 8  # channel multiple: counts such as 11/22/45 run no faster than the dense model
     finetune_epochs: int = 10  # the same for the plain and the distilled run
     lr: float = 0.01
+    schedule: str = "cosine"  # the recipe the committed figures were measured with
     batch_size: int = 128
     quant_method: str = "ptq"
     calib_batches: int = 16
@@ -92,8 +93,9 @@ def main(cfg: Config) -> None:
     for label, teacher in (("plain", None), ("distill", base)):
         log(f"fine-tuning ({label}) for {cfg.finetune_epochs} epochs")
         model = copy.deepcopy(pruned)
-        result = finetune(model, splits, cfg.finetune_epochs, teacher=teacher, lr=cfg.lr, batch_size=cfg.batch_size,
-                          seed=cfg.seed, progress=False, log=log)
+        recipe = FinetuneRecipe(epochs=cfg.finetune_epochs, lr=cfg.lr, schedule=cfg.schedule, batch_size=cfg.batch_size,
+                                distill=teacher is not None)
+        result = finetune(model, splits, recipe, teacher=teacher, seed=cfg.seed, progress=False, log=log)
         test_acc = evaluate(model, splits.test)
         path = work / f"pruned_{label}.pt"
         save_model(path, model, arch, num_classes, {**meta, "kind": "pruned", "target": cfg.target,

@@ -15,9 +15,9 @@ from autoprune.deploy.bench import bench, format_table
 from autoprune.deploy.export import export, max_abs_difference
 from autoprune.deploy.fakequant import ActivationFakeQuant, prepare_qat, strip_qat
 from autoprune.deploy.files import evaluate_file, open_model
-from autoprune.deploy.finetune import finetune
 from autoprune.deploy.quantize import quantize
 from autoprune.pruning import PruningSpace
+from autoprune.recovery import FinetuneRecipe, finetune
 from autoprune.training import evaluate
 
 SHAPE = (3, 16, 16)
@@ -151,9 +151,9 @@ def test_folding_batchnorm_keeps_outputs_and_marks_the_rows(trained_small, prune
 def test_finetune_keeps_or_improves_val_accuracy(distill, trained_small, digits):
     base, _ = trained_small
     model = pruned_copy(base)
-    result = finetune(model, digits, epochs=1, teacher=base if distill else None, lr=0.01, batch_size=64, progress=False,
-                      log=lambda s: None)
-    assert result.val_after >= result.val_before and result.distilled == distill
+    recipe = FinetuneRecipe(epochs=1, lr=0.01, batch_size=64, distill=distill)
+    result = finetune(model, digits, recipe, teacher=base if distill else None, progress=False, log=lambda s: None)
+    assert result.val_after >= result.val_before and result.summary()["distill"] == distill
     assert evaluate(model, digits.val) == pytest.approx(result.val_after)
 
 

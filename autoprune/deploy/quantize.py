@@ -35,8 +35,8 @@ from autoprune.data import BatchLoader, DataSplits
 from autoprune.deploy.export import INPUT_NAME, onnx_bytes, set_onnx_meta
 from autoprune.deploy.fakequant import prepare_qat, strip_qat
 from autoprune.deploy.files import ModelFile, evaluate_file
-from autoprune.deploy.finetune import FinetuneResult, finetune
 from autoprune.errors import AutopruneError
+from autoprune.recovery import FinetuneRecipe, FinetuneResult, finetune
 from autoprune.training import evaluate
 from autoprune.utils import atomic_path
 
@@ -105,8 +105,9 @@ def quantize(
         source = prepare_qat(copy.deepcopy(model))
         # BN statistics stay as trained: re-estimating them through the fake quantizers' first,
         # still uncalibrated, ranges would only add noise.
-        qat = finetune(source, splits, qat_epochs, lr=qat_lr, batch_size=batch_size, seed=seed, recalibrate=False,
-                       progress=progress, log=log)
+        # a gentle cosine decay from a small lr: the weights are trained, only the rounding is new
+        recipe = FinetuneRecipe(epochs=qat_epochs, lr=qat_lr, schedule="cosine", batch_size=batch_size)
+        qat = finetune(source, splits, recipe, seed=seed, recalibrate=False, progress=progress, log=log)
         strip_qat(source)
     meta = dict(meta or {})
     fp32 = onnx_bytes(source, splits.input_shape, meta)

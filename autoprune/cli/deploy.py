@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprune.cli_common import command, data_args, precision_arg
+from autoprune.cli.common import command, data_args, recipe_args, recipe_from
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -13,15 +13,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a (pruned) model to recover accuracy, optionally distilling from its base")
     p.add_argument("model", help="an autoprune model file (.pt)")
     data_args(p, default=None)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--distill", action="store_true", help="add Hinton's distillation loss towards --teacher")
+    recipe_args(p, "--epochs")
     p.add_argument("--teacher", help="the unpruned model (.pt) to distil from; needs --distill")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (cosine decay)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
-    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
-    precision_arg(p, "fine-tune")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--weight-decay", type=float, help="default 5e-4")
+    p.add_argument("--temperature", type=float, help="distillation temperature (default 4)")
+    p.add_argument("--alpha", type=float, help="weight of the distillation term (default 0.9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
     p.add_argument("--no-progress", action="store_true")
@@ -60,12 +57,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 @command("finetune")
 def cmd_finetune(args: argparse.Namespace) -> None:
     from autoprune.checkpoint import load_model, save_model
-    from autoprune.deploy.finetune import finetune
     from autoprune.deploy.splits import splits_for_model
     from autoprune.errors import AutopruneError
+    from autoprune.recovery import finetune
     from autoprune.training import evaluate
     from autoprune.utils import seed_everything, versions
 
+    if args.finetune_epochs < 1:
+        raise AutopruneError(f"--epochs must be >= 1, got {args.finetune_epochs}")
+    recipe = recipe_from(args).replace(batch_size=args.batch_size, weight_decay=args.weight_decay,
+                                       temperature=args.temperature, alpha=args.alpha)
     if args.distill and not args.teacher:
         raise AutopruneError("--distill needs --teacher BASE.pt (the model the pruned one came from)")
     if args.teacher and not args.distill:
@@ -74,11 +75,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     teacher = load_model(args.teacher)[0] if args.teacher else None
     splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
     seed_everything(args.seed)
-    print(f"fine-tuning {args.model} ({payload['arch']}) on {splits.train.name} for {args.epochs} epochs"
-          + (f", distilling from {args.teacher}" if teacher is not None else ""))
-    result = finetune(model, splits, args.epochs, teacher=teacher, lr=args.lr, batch_size=args.batch_size,
-                      weight_decay=args.weight_decay, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
-                      precision=args.precision or "fp32", progress=not args.no_progress)
+    print(f"fine-tuning {args.model} ({payload['arch']}) on {splits.train.name} for {recipe.epochs} epochs "
+          f"({recipe.schedule}, lr {recipe.lr:g})" + (f", distilling from {args.teacher}" if teacher is not None else ""))
+    result = finetune(model, splits, recipe, teacher=teacher, seed=args.seed, progress=not args.no_progress)
     test_acc = evaluate(model, splits.test)
     meta = dict(payload["meta"])
     meta.update({"dataset": splits.train.name, "val_size": splits.val_size, "input_shape": list(splits.input_shape),

@@ -1,33 +1,16 @@
-"""The ``autoprune`` command line: parse, call the library, print. No logic of its own."""
+"""Sub-commands about base models: ``train``, ``demo``, ``info``, ``models``, ``criteria``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
-import sys
 from pathlib import Path
 
-from autoprune.cli_common import COMMANDS, command, data_args, precision_arg
+from autoprune.cli.common import command, data_args, precision_arg
 from autoprune.errors import AutopruneError
 
-# Modules that add sub-commands: each has ``add_parsers(subparsers)`` and registers handlers with ``@command``.
-PLUGINS = ("autoprune.agents.cli", "autoprune.deploy.cli")
 
-
-def _threads(n: int | None) -> None:
-    import torch
-
-    if n:
-        torch.set_num_threads(n)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoprune", description="Conditional automated channel pruning of CNNs.")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train``, ``demo``, ``info``, ``models`` and ``criteria``."""
     p = sub.add_parser("train", help="train a base model")
     p.add_argument("--arch", required=True, help="zoo name (see `autoprune models`) or tv:<torchvision name>")
     data_args(p)
@@ -66,9 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model zoo")
     p = sub.add_parser("criteria", help="list the channel importance criteria")
-    for plugin in PLUGINS:
-        importlib.import_module(plugin).add_parsers(sub)
-    return parser
 
 
 @command("demo")
@@ -194,28 +174,3 @@ def _load_init(path: str, model, arch: str, num_classes: int) -> dict:
     config = meta.get("config", {})
     epochs = config.get("epochs", 0) + config.get("swa_epochs", 0) + meta.get("init", {}).get("epochs", 0)
     return {"path": path, "test_accuracy": meta.get("test_accuracy"), "epochs": epochs}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _threads(args.threads)
-    try:
-        COMMANDS[args.command](args)
-        return 0
-    except AutopruneError as exc:
-        print(f"autoprune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("autoprune: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 -- a CLI user gets one line, --debug shows the traceback
-        if args.debug or os.environ.get("AUTOPRUNE_DEBUG"):
-            raise
-        print(f"autoprune: error: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(run with --debug for the traceback)", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Pieces shared by the CLI modules: the command registry and the arguments several commands take."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from autoprune.errors import AutopruneError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register ``fn(args)`` as the handler of sub-command ``name``."""
+
+    def decorator(fn: Callable) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return decorator
+
+
+def precision_arg(p: argparse.ArgumentParser, what: str = "training") -> None:
+    """``--precision``; ``None`` when not given, so reports written before the option existed still resume."""
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help=f"arithmetic of the {what}: fp32 (default) or bf16 autocast, about 1.6x faster on CPUs "
+                        "with AVX512-BF16 or AMX, possibly slower on others")
+
+
+def data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    p.add_argument("--data", default=default, help="data set: digits (embedded default), cifar10, cifar100, imagefolder")
+    p.add_argument("--data-dir", help="data folder (torchvision CIFAR root or an ImageFolder tree with train/ and test/)")
+    p.add_argument("--val-size", type=int, help="validation images carved from the training set (default: 10%%, at most 5000)")
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise AutopruneError(f"--targets must look like LOW:HIGH (e.g. 0.2:0.9), got {text!r}") from None
+    return low, high
+
+
+def parse_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise AutopruneError(f"--targets must be a comma-separated list (e.g. 0.3,0.5,0.7), got {text!r}") from None
+
+
+def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
+    """Flags of ``PruningSettings``; unset flags keep the defaults of ``defaults_from``."""
+    g = p.add_argument_group(f"pruning settings (default: {defaults_from})")
+    g.add_argument("--criterion", help="channel importance criterion (see `autoprune criteria`; l1 by default)")
+    g.add_argument("--reward", help="relative (default), accuracy or error_log_flops")
+    g.add_argument("--prior", help="the allocation an action of 0 gives: global (default: a global importance "
+                                   "ranking) or uniform (one keep ratio)")
+    g.add_argument("--min-keep", type=float, help="smallest keep ratio of a group (default 0.1)")
+    g.add_argument("--round-to", type=int, help="keep channel counts that are multiples of this, e.g. 8 (default 1)")
+    g.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
+    g.add_argument("--proxy-steps", type=int,
+                   help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
+    g.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
+                   help="end episodes where the action wall leaves them, instead of spending the unused budget")
+
+
+def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyped-def]
+    """``base`` (default: the library's ``PruningSettings()``) with the flags the user gave."""
+    from autoprune.task import PruningSettings
+
+    return (base or PruningSettings()).replace(
+        criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
+        proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget)
+
+
+def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:
+    """Flags of ``FinetuneRecipe``; unset ones keep the recipe's defaults."""
+    from autoprune.recovery import FinetuneRecipe
+
+    d = FinetuneRecipe()
+    g = p.add_argument_group("fine-tune recipe (the same for prune, finetune and evaluate)")
+    g.add_argument(epochs_flag, type=int, default=0, dest="finetune_epochs", help="fine-tune epochs (default 0: none)")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--schedule", choices=["onecycle", "cosine"], help=f"learning-rate schedule (default {d.schedule})")
+    g.add_argument("--distill", action="store_true", default=None,
+                   help="add Hinton et al.'s distillation loss towards the unpruned model")
+    precision_arg(g, "fine-tune")
+
+
+def recipe_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The recipe the flags describe, or None when no fine-tune epochs were asked for."""
+    from autoprune.recovery import FinetuneRecipe
+
+    if args.finetune_epochs < 0:
+        raise AutopruneError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.finetune_epochs == 0:
+        return None
+    return FinetuneRecipe(epochs=args.finetune_epochs).replace(lr=args.lr, schedule=args.schedule, distill=args.distill,
+                                                                precision=args.precision)
