@@ -13,8 +13,8 @@ search, pruning) agrees on which images the reward proxy may see; the test split
 final numbers.
 """
 
-from autoprune.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset
+from autoprune.data.datasets import DATASETS, ImageDataset, load_dataset
 from autoprune.data.loader import BatchLoader
 from autoprune.data.splits import DataSplits, load_splits
 
-__all__ = ["BatchLoader", "DATASETS", "DataSplits", "ImageDataset", "list_datasets", "load_dataset", "load_splits"]
+__all__ = ["BatchLoader", "DATASETS", "DataSplits", "ImageDataset", "load_dataset", "load_splits"]

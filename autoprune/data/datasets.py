@@ -57,10 +57,6 @@ Reader = Callable[[str | None, str], ImageDataset]
 DATASETS: Registry[Reader] = Registry("data set")
 
 
-def list_datasets() -> list[str]:
-    return DATASETS.names()
-
-
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, split: str = "train") -> ImageDataset:
     """Load the ``train`` or ``test`` split of a data set by name."""
     if split not in ("train", "test"):

@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 
 from autoprune.data import BatchLoader, ImageDataset, load_dataset
+from autoprune.deploy.serialize import META_KEY, onnx_bytes
 from autoprune.errors import AutopruneError
 
-META_KEY = "autoprune"  # name of the JSON metadata entry inside exported files
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 
 
@@ -50,8 +50,6 @@ class ModelFile:
     def onnx_bytes(self) -> bytes | None:
         """The model as a serialised ONNX graph, or None where it cannot be had (TorchScript)."""
         if self.onnx is None and self.format == "autoprune":
-            from autoprune.deploy.export import onnx_bytes
-
             self.onnx = onnx_bytes(self.module, self.input_shape, self.meta)
         return self.onnx
 

@@ -32,9 +32,9 @@ import onnx
 import torch.nn as nn
 
 from autoprune.data import BatchLoader, DataSplits
-from autoprune.deploy.export import INPUT_NAME, onnx_bytes, set_onnx_meta
 from autoprune.deploy.fakequant import prepare_qat, strip_qat
 from autoprune.deploy.files import ModelFile, evaluate_file
+from autoprune.deploy.serialize import INPUT_NAME, onnx_bytes, set_onnx_meta
 from autoprune.errors import AutopruneError
 from autoprune.recovery import FinetuneRecipe, FinetuneResult, finetune
 from autoprune.training import evaluate

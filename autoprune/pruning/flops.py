@@ -34,7 +34,6 @@ class LayerRecord:
 
     name: str
     module: nn.Module
-    order: int  # position in forward execution order
     in_channels: int
     out_channels: int
     groups: int
@@ -79,12 +78,12 @@ def trace_layers(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[L
         batch = inputs[0].shape[0]
         if isinstance(module, nn.Conv2d):
             records.append(LayerRecord(
-                names[module], module, len(records), module.in_channels, module.out_channels, module.groups,
+                names[module], module, module.in_channels, module.out_channels, module.groups,
                 module.kernel_size[0] * module.kernel_size[1], output.shape[2] * output.shape[3],
                 module.stride[0], inputs[0].shape[-1]))
         elif isinstance(module, nn.Linear):
             records.append(LayerRecord(
-                names[module], module, len(records), module.in_features, module.out_features, 1, 1,
+                names[module], module, module.in_features, module.out_features, 1, 1,
                 output.numel() // output.shape[-1] // batch, 1, 1))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]

@@ -1,6 +1,8 @@
 """Channel importance criteria (a registry): which channels of a group to remove first.
 
 Each criterion scores every channel of every group once per base model (higher = more important).
+The data-dependent ones (``needs_data(name)``) score from a few training batches; the others from the
+weights alone.
 
 ========== ========================================================================================
 name       method
@@ -22,7 +24,7 @@ random     uniformly random scores (a control)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,16 +33,18 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from autoprune.errors import AutopruneError
+from autoprune.pruning.groups import ChannelGroup, GroupedModel
 from autoprune.registry import Registry
-
-if TYPE_CHECKING:
-    from autoprune.pruning.space import ChannelGroup, PruningSpace
 
 DEFAULT_BATCHES = 4
 
 
 class Criterion:
-    """Base class: ``scores(space, data)`` returns one score array per group (length = its channels)."""
+    """Base class: ``scores(space, data)`` returns one score array per group (length = its channels).
+
+    ``needs_data``: the criterion scores from ``data`` (a few (images, labels) batches), which
+    ``PruningSpace.importance`` then requires; the others ignore ``data``.
+    """
 
     needs_data = False
 
@@ -48,14 +52,13 @@ class Criterion:
         self.num_batches = num_batches
         self.seed = seed
 
-    def scores(self, space: PruningSpace, data: Iterable | None) -> list[np.ndarray]:
+    def scores(self, space: GroupedModel, data: Iterable | None) -> list[np.ndarray]:
         raise NotImplementedError
 
     def _batches(self, data: Iterable | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if data is None:
-            raise AutopruneError(f"importance criterion {type(self).name!r} needs data: pass a few training batches")
+        """The first ``num_batches`` batches of ``data`` (``PruningSpace.importance`` makes sure there is data)."""
         batches = []
-        for batch in data:
+        for batch in () if data is None else data:
             batches.append(batch)
             if len(batches) >= self.num_batches:
                 break
@@ -77,21 +80,26 @@ def list_criteria() -> list[str]:
     return CRITERIA.names()
 
 
+def needs_data(name: str) -> bool:
+    """Whether criterion ``name`` scores from training batches (so callers know to load some first)."""
+    return bool(CRITERIA.get(name).needs_data)
+
+
 class TorchPruningCriterion(Criterion):
     """Scores from a torch-pruning importance object applied to each group."""
 
     def make(self) -> tp.importance.Importance:
         raise NotImplementedError
 
-    def scores(self, space: PruningSpace, data: Iterable | None) -> list[np.ndarray]:
+    def scores(self, space: GroupedModel, data: Iterable | None) -> list[np.ndarray]:
         importance = self.make()
         fallback = tp.importance.GroupMagnitudeImportance(p=1)
         out = []
-        for group, tp_group in zip(space.groups, space._tp_groups):
+        for group in space.groups:
             with torch.no_grad():
-                s = importance(tp_group)
+                s = importance(group.tp_group)
                 if s is None:  # e.g. bn_scale on a group without BatchNorm: fall back to magnitude
-                    s = fallback(tp_group)
+                    s = fallback(group.tp_group)
             out.append(_to_numpy(s, group.channels))
         return out
 
@@ -131,7 +139,7 @@ class FPGM(TorchPruningCriterion):
 
 @CRITERIA.register("random")
 class Random(Criterion):
-    def scores(self, space: PruningSpace, data: Iterable | None) -> list[np.ndarray]:
+    def scores(self, space: GroupedModel, data: Iterable | None) -> list[np.ndarray]:
         rng = np.random.default_rng(self.seed)
         return [rng.random(g.channels) for g in space.groups]
 
@@ -152,7 +160,7 @@ class Gradient(TorchPruningCriterion):
     def make(self) -> tp.importance.Importance:
         return tp.importance.GroupTaylorImportance()
 
-    def scores(self, space: PruningSpace, data: Iterable | None) -> list[np.ndarray]:
+    def scores(self, space: GroupedModel, data: Iterable | None) -> list[np.ndarray]:
         _backward_on(space.model, self._batches(data))
         try:
             return super().scores(space, data)
@@ -169,7 +177,7 @@ class FeatureMapCriterion(Criterion):
     def layer_scores(self, outputs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def scores(self, space: PruningSpace, data: Iterable | None) -> list[np.ndarray]:
+    def scores(self, space: GroupedModel, data: Iterable | None) -> list[np.ndarray]:
         batches = self._batches(data)
         modules = dict(space.model.named_modules())
         producers = {op.module_name for g in space.groups for op in g.ops

@@ -1,62 +1,29 @@
 """The pruning space of a model: its coupled channel groups, closed-form FLOPs, and physical pruning.
 
-Built once per base model on torch-pruning's ``DependencyGraph``. Each group's pruning is recorded
-as a *plan* -- for every coupled layer, the pruning function and the channel indices each root
-channel maps to -- so ``apply`` replays the plan on a copy of the model without re-tracing it.
+Built once per base model on torch-pruning's ``DependencyGraph`` (``autoprune.pruning.tracing``). Each
+group's pruning is recorded as a *plan* -- for every coupled layer, the pruning function and the channel
+indices each root channel maps to -- so ``apply`` replays the plan on a copy of the model without
+re-tracing it. Groups that cannot be pruned safely (grouped convolutions, channels that pass through a
+channel shuffle or a split, ...) are listed in ``excluded`` with the reason.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from autoprune.errors import AutopruneError
 from autoprune.pruning.flops import LayerRecord, count_flops, trace_layers
+from autoprune.pruning.groups import ChannelGroup, ExcludedGroup, PruneOp
+from autoprune.pruning.importance import create_criterion, list_criteria, needs_data
+from autoprune.pruning.tracing import OpaqueReshape, PruningCall, build_dependency_graph
 
-
-@dataclass
-class PruneOp:
-    """Prune ``module_name`` with ``handler``; channel ``idxs[i]`` belongs to root channel ``root_idxs[i]``."""
-
-    module_name: str
-    handler: Any
-    idxs: np.ndarray
-    root_idxs: np.ndarray
-    is_out: bool
-    is_parameter: bool = False
-
-
-@dataclass
-class ChannelGroup:
-    """A set of coupled channels removed together; the env takes one action per group."""
-
-    index: int
-    root: str  # name of the layer whose output channels define the group
-    channels: int
-    layers: list[str]  # every module the group touches
-    kind: str  # "conv", "depthwise" or "linear" (of the root layer)
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    feature_size: int  # input feature-map side of the root layer
-    flops: int = 0  # dense MACs of the layers whose channels this group changes
-    params: int = 0  # dense parameters of those layers
-    ops: list[PruneOp] = field(default_factory=list, repr=False)
-
-
-@dataclass
-class ExcludedGroup:
-    root: str
-    channels: int
-    reason: str
+__all__ = ["ChannelGroup", "ExcludedGroup", "PruneOp", "PruningSpace", "check_target"]
 
 
 def _plain(idxs: Iterable) -> np.ndarray:
@@ -99,19 +66,18 @@ class PruningSpace:
         ignored = [modules[n] for n in ignored_layers] + [modules[self.output_layer]]
 
         try:
-            self.graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs)
-        except Exception as exc:  # noqa: BLE001 -- torch-pruning cannot trace some reshapes (e.g. channel shuffle)
-            raise AutopruneError(f"cannot trace the channel dependencies of this model ({_first_line(exc)}); "
-                                 "structures such as channel shuffle are not supported") from None
+            self.graph = build_dependency_graph(self.model, self.example_inputs)
+        except Exception as exc:  # noqa: BLE001 -- torch-pruning fails on some graphs; say so in one line
+            raise AutopruneError(f"cannot trace the channel dependencies of this model ({_first_line(exc)}), "
+                                 "so none of its channels can be pruned safely") from None
         self.excluded: list[ExcludedGroup] = []
         candidates = []
         for tp_group in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
             group = self._make_group(tp_group)
             if group is not None:
-                candidates.append((group, tp_group))
-        candidates.sort(key=lambda gt: self._layer_index.get(gt[0].root, len(records)))
+                candidates.append(group)
+        candidates.sort(key=lambda g: self._layer_index.get(g.root, len(records)))
         self.groups: list[ChannelGroup] = []
-        self._tp_groups: list[Any] = []
         self._finalize(candidates)
         if validate:
             self._validate(candidates)
@@ -127,28 +93,35 @@ class PruningSpace:
         root = self.graph._module2name.get(root_module)
         channels = len(tp_group[0].idxs)
         ops: list[PruneOp] = []
+        opaque = None
         for item in tp_group:
             dep = item.dep
             target = dep.target.module
+            if isinstance(target, OpaqueReshape):
+                opaque = opaque or target
+                continue
             is_param = isinstance(target, nn.Parameter)
             name = self.graph._param_to_name.get(target) if is_param else self.graph._module2name.get(target)
             if name is None:
                 continue  # a torch-pruning bookkeeping op (concat, add, ...): nothing to prune physically
             idxs, root_idxs = _plain(item.idxs), np.asarray(item.root_idxs, dtype=np.int64)
-            ops.append(PruneOp(name, dep.handler, idxs, root_idxs, self.graph.is_out_channel_pruning_fn(dep.handler), is_param))
+            ops.append(PruneOp(name, PruningCall(dep), idxs, root_idxs, self.graph.is_out_channel_pruning_fn(dep.handler), is_param))
         reason = None
         if channels < 2:
             reason = "a single channel: nothing to prune"
+        elif opaque is not None:
+            reason = (f"its channels pass through a reshape that reorders channels ({opaque.describe()}; "
+                      "e.g. a channel shuffle), which cannot be followed channel by channel")
         for op in ops:
+            if reason is not None:
+                break
             record = self._record(op.module_name)
+            counts = np.bincount(op.root_idxs, minlength=channels) if len(op.root_idxs) else np.zeros(channels)
             if record is not None and record.grouped:
                 reason = f"grouped convolution {op.module_name} (groups={record.groups}): removing channels would reassign them to other groups"
-                break
-            counts = np.bincount(op.root_idxs, minlength=channels) if len(op.root_idxs) else np.zeros(channels)
-            if counts.min() != counts.max():
+            elif counts.min() != counts.max():
                 reason = (f"{op.module_name} sees only some of the group's channels (a split or channel shuffle): "
                           "the kept counts would depend on which channels are chosen")
-                break
         if reason is not None:
             self.excluded.append(ExcludedGroup(root, channels, reason))
             return None
@@ -156,16 +129,16 @@ class PruningSpace:
         assert record is not None
         kind = "linear" if isinstance(root_module, nn.Linear) else ("depthwise" if record.depthwise else "conv")
         return ChannelGroup(0, root, channels, sorted({op.module_name for op in ops}), kind, record.in_channels,
-                            record.out_channels, record.kernel, record.stride, record.in_size, ops=ops)
+                            record.out_channels, record.kernel, record.stride, record.in_size, ops=ops,
+                            tp_group=tp_group)
 
     def _record(self, name: str) -> LayerRecord | None:
         i = self._layer_index.get(name)
         return None if i is None else self.layers[i]
 
-    def _finalize(self, candidates: list[tuple[ChannelGroup, Any]]) -> None:
+    def _finalize(self, candidates: list[ChannelGroup]) -> None:
         """Index the kept groups and build the matrices of the closed-form FLOPs count."""
-        self.groups = [g for g, _ in candidates]
-        self._tp_groups = [t for _, t in candidates]
+        self.groups = list(candidates)
         n_layers, n_groups = len(self.layers), len(self.groups)
         self._out_mult = np.zeros((n_layers, n_groups))
         self._in_mult = np.zeros((n_layers, n_groups))
@@ -192,7 +165,7 @@ class PruningSpace:
             group.flops = int(sum(self.layers[i].macs for i in np.flatnonzero(touched)))
             group.params = int(sum(self.layers[i].params for i in np.flatnonzero(touched)))
 
-    def _validate(self, candidates: list[tuple[ChannelGroup, Any]]) -> None:
+    def _validate(self, candidates: list[ChannelGroup]) -> None:
         """Prune every group at once (then one by one if that fails) and check forward + FLOPs."""
         if self._check(np.full(self.num_groups, 0.5)) is None:
             return
@@ -371,10 +344,16 @@ class PruningSpace:
         return int(above[0]) if len(above) else int(count)
 
     def importance(self, criterion: str = "l1", data: Iterable | None = None, refresh: bool = False) -> list[np.ndarray]:
-        """Per-group channel scores (higher = keep), computed once per criterion and cached."""
-        from autoprune.pruning.importance import create_criterion
+        """Per-group channel scores (higher = keep), computed once per criterion and cached.
 
+        ``data`` (a few training batches of (images, labels)) is needed by the criteria whose
+        ``needs_data`` is true (``autoprune.pruning.importance.needs_data(name)``), and unused by the others.
+        """
         if refresh or criterion not in self._scores:
+            if data is None and needs_data(criterion):
+                free = ", ".join(n for n in list_criteria() if not needs_data(n))
+                raise AutopruneError(f"importance criterion {criterion!r} needs data: pass a few training batches "
+                                     f"(data=...), or use a criterion that needs none ({free})")
             self._scores[criterion] = create_criterion(criterion).scores(self, data)
         return self._scores[criterion]
 
@@ -385,13 +364,24 @@ class PruningSpace:
                                  f"{self.num_groups} groups of {self.channels.tolist()} channels")
         self._scores[criterion] = [np.asarray(s, dtype=np.float64) for s in scores]
 
-    def apply(self, strategy: Sequence[float] | np.ndarray, criterion: str = "l1", data: Iterable | None = None) -> nn.Module:
+    def apply(self, strategy: Sequence[float] | np.ndarray, criterion: str = "l1", data: Iterable | None = None,
+              reconstruct: Iterable[torch.Tensor] | None = None) -> nn.Module:
         """A new, physically smaller copy of the model, pruned with ``strategy`` (the base is untouched).
 
-        Within each group the channels with the lowest ``criterion`` scores are removed.
+        Within each group the channels with the lowest ``criterion`` scores are removed. With
+        ``reconstruct`` (calibration image batches, a few hundred images), the layers after the removed
+        channels are refitted by least squares to reproduce the base model's outputs
+        (``autoprune.pruning.reconstruct``); the report is on ``model.autoprune_reconstruction``.
         """
         kept = self.keep_counts(strategy)
-        return self._prune(kept, self.importance(criterion, data))
+        scores = self.importance(criterion, data)
+        pruned = self._prune(kept, scores)
+        if reconstruct is not None:
+            from autoprune.pruning.reconstruct import reconstruct as refit
+
+            removed = {key: idxs for key, (_, idxs) in self._removals(kept, scores).items()}
+            pruned.autoprune_reconstruction = refit(self.model, pruned, reconstruct, removed)
+        return pruned
 
     def removed_channels(self, strategy: Sequence[float] | np.ndarray, criterion: str = "l1",
                          data: Iterable | None = None) -> dict[tuple[str, bool], list[int]]:
