@@ -357,3 +357,31 @@ def test_report_joins_architectures_into_one_table_and_figure(tmp_path):
     assert len(json.loads((out / "cross_arch.json").read_text())["reports"]) == 2
     assert main(["report", str(tmp_path / "resnet56-cifar10"), str(tmp_path / "missing"), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_transferable_policy_prunes_another_architecture_only_with_transfer(trained_small, digits, tmp_path):
+    from autoprune.checkpoint import save_model
+
+    _, ckpt = trained_small
+    policy_dir = tmp_path / "policy"
+    assert main(["search", "--checkpoint", str(ckpt), "--observation", "transferable", "--episodes", "4", "--warmup", "1",
+                 "--out", str(policy_dir), "--no-progress"]) == 0
+    torch.manual_seed(1)
+    other = tmp_path / "concat.pt"  # another architecture: concat groups, other depth and widths
+    save_model(other, models.create("concatnet"), "concatnet", 10, {"kind": "base", "dataset": "digits",
+               "val_size": digits.val_size, "input_shape": list(digits.input_shape)})
+    common = ["--policy", str(policy_dir), "--checkpoint", str(other)]
+    refused = subprocess.run([sys.executable, "-m", "autoprune.cli", "prune", *common, "--target", "0.5",
+                              "--out", str(tmp_path / "x.pt")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--transfer" in refused.stderr and not (tmp_path / "x.pt").exists()
+    for target in ("0.35", "0.6"):
+        out = tmp_path / f"p{target}.pt"
+        assert main(["prune", *common, "--target", target, "--transfer", "--out", str(out)]) == 0
+        summary = json.loads(out.with_suffix(".json").read_text())
+        assert summary["transferred_from"]["arch"] == "smallcnn"
+        assert in_budget(summary["achieved_flops_ratio"], float(target))
+    report = tmp_path / "report"
+    assert main(["evaluate", *common, "--transfer", "--targets", "0.4,0.6", "--baselines", "uniform",
+                 "--out", str(report)]) == 0
+    rows = json.loads((report / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"policy", "uniform"} and all(in_budget(r["achieved_flops_ratio"], r["target"]) for r in rows)

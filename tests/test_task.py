@@ -90,3 +90,28 @@ def test_targets_the_model_cannot_reach_are_refused(task):
         task.check_target_range(task.floor / 2, 0.9)
     with pytest.raises(AutopruneError, match="low <= high"):
         task.check_target_range(0.8, 0.3)
+
+
+def test_transferable_observations_do_not_depend_on_the_models_size():
+    import torch
+
+    from autoprune import models
+    from autoprune.pruning import PruningSpace
+    from autoprune.task.observation import OBSERVATIONS, group_kinds, make_observation
+
+    x = torch.zeros(1, 3, 32, 32)
+    spaces = {name: PruningSpace(models.create(name), x) for name in ("resnet20", "resnet56")}
+    first = {name: make_observation("transferable").static(space)[0] for name, space in spaces.items()}
+    # the stem of both ResNets is the same layer: the same features but its shares of FLOPs and parameters
+    shape = slice(1, -2)
+    np.testing.assert_allclose(first["resnet20"][shape], first["resnet56"][shape])
+    layer = {name: make_observation("layer").static(space)[0] for name, space in spaces.items()}
+    assert layer["resnet20"][0] == layer["resnet56"][0] == 0  # depth 0, the same under both sets
+    kinds = [group_kinds(spaces["resnet20"], g) for g in spaces["resnet20"].groups]
+    assert {"residual"} in kinds and set() in kinds  # the residual streams and the plain convolutions inside blocks
+    concat = PruningSpace(models.create("concatnet"), torch.zeros(1, 3, 16, 16))
+    assert any("concat" in group_kinds(concat, g) for g in concat.groups)
+    for name in OBSERVATIONS.names():
+        static = make_observation(name).static(spaces["resnet56"])
+        assert static.shape == (spaces["resnet56"].num_groups, len(make_observation(name).static_features))
+        assert static.min() >= 0 and static.max() <= 1

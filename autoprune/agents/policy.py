@@ -24,7 +24,8 @@ from autoprune.agents.algorithms import ALGORITHM_CLASSES, NET_ARCH
 from autoprune.agents.common import fingerprint, group_signature
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
-from autoprune.task import OBSERVATION_FEATURES, PruningSettings, StrategyEpisode, make_prior
+from autoprune.task import PruningSettings, StrategyEpisode, make_prior
+from autoprune.task.observation import make_observation
 
 POLICY_FORMAT = "autoprune.policy/1"
 IMPORTANCE_FILE = "importance.pt"
@@ -33,19 +34,19 @@ IMPORTANCE_FILE = "importance.pt"
 class _SpacesOnly(gym.Env):
     """An environment with the right spaces and nothing else: enough to rebuild a policy network."""
 
-    def __init__(self) -> None:
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
+    def __init__(self, features: int) -> None:
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (features,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[no-untyped-def]
-        return np.zeros(len(OBSERVATION_FEATURES), np.float32), {}
+        return np.zeros(self.observation_space.shape, np.float32), {}
 
     def step(self, action):  # type: ignore[no-untyped-def]
-        return np.zeros(len(OBSERVATION_FEATURES), np.float32), 0.0, True, False, {}
+        return np.zeros(self.observation_space.shape, np.float32), 0.0, True, False, {}
 
 
-def build_network(agent: str) -> Any:
-    """An untrained SB3 policy network of the given agent's architecture."""
+def build_network(agent: str, observation: str = "layer") -> Any:
+    """An untrained SB3 policy network of the given agent's architecture, for an observation set."""
     cls = ALGORITHM_CLASSES[agent]
     kwargs: dict[str, Any] = {"policy_kwargs": {"net_arch": NET_ARCH}, "verbose": 0}
     if agent != "ppo":
@@ -53,7 +54,7 @@ def build_network(agent: str) -> Any:
     else:
         kwargs["n_steps"] = 2
         kwargs["batch_size"] = 2
-    return cls("MlpPolicy", _SpacesOnly(), **kwargs).policy
+    return cls("MlpPolicy", _SpacesOnly(len(make_observation(observation).features)), **kwargs).policy
 
 
 class ConditionalPolicy:
@@ -70,6 +71,7 @@ class ConditionalPolicy:
         self.meta = meta
         self.space: PruningSpace | None = None
         self.scores: list[np.ndarray] | None = list(scores) if scores is not None else None
+        self._transferred = False
         if space is not None:
             self.bind(space)
 
@@ -82,23 +84,33 @@ class ConditionalPolicy:
     def settings(self) -> PruningSettings:
         return PruningSettings.from_policy_meta(self.meta)
 
+    @property
+    def transferred(self) -> bool:
+        """Bound to a model the policy was not searched on (``bind(..., transfer=True)``)."""
+        return self._transferred
+
     def bind(self, space: PruningSpace, model_fingerprint: str | None = None,
-             scores: Sequence[np.ndarray] | None = None, data: Any = None) -> ConditionalPolicy:
-        """Attach the pruning space of the base model; refuses a model the policy was not trained for.
+             scores: Sequence[np.ndarray] | None = None, data: Any = None, transfer: bool = False) -> ConditionalPolicy:
+        """Attach the pruning space of the base model; refuses a model the policy was not trained for
+        unless ``transfer``: then the policy rolls out on the foreign model's own groups, priors and
+        importance scores (computed for the policy's criterion, on ``data`` where it needs data).
 
         ``scores`` are the importance scores to rank channels by (default: those saved with the
         policy, else computed for its criterion, on ``data`` where the criterion needs it)."""
-        if group_signature(space) != self.meta["groups"]:
-            raise AutopruneError(
-                f"this policy was trained for a {self.meta.get('arch', '?')} with {len(self.meta['groups'])} channel groups; "
-                f"the given model has {space.num_groups} groups of other shapes: train a policy for it with `autoprune search`")
         fp = model_fingerprint or fingerprint(space.model)
-        if fp != self.meta["base_fingerprint"]:
+        foreign = group_signature(space) != self.meta["groups"] or fp != self.meta["base_fingerprint"]
+        if foreign and not transfer:
+            if group_signature(space) != self.meta["groups"]:
+                raise AutopruneError(
+                    f"this policy was trained for a {self.meta.get('arch', '?')} with {len(self.meta['groups'])} channel "
+                    f"groups; the given model has {space.num_groups} groups of other shapes: pass --transfer to apply it "
+                    "to another architecture, or train a policy for it with `autoprune search`")
             raise AutopruneError(
                 f"this policy was trained for base model {self.meta['base_fingerprint']} but the given model's weights "
-                f"differ ({fp}): use the checkpoint the search used, or search again for this model")
+                f"differ ({fp}): use the checkpoint the search used, pass --transfer to apply it anyway, or search again")
+        self._transferred = foreign
         criterion = self.settings.criterion
-        if scores is None:
+        if scores is None and not foreign:
             scores = self.scores
         if scores is not None:
             space.set_importance(criterion, scores)
@@ -112,7 +124,7 @@ class ConditionalPolicy:
                                  " or call policy.prune(model, target)")
         s = self.settings
         prior = make_prior(s.prior, self.space, s.min_keep, self.scores)
-        return StrategyEpisode(self.space, s.min_keep, s.tolerance, s.action_mode, s.fill_budget, prior)
+        return StrategyEpisode(self.space, s.min_keep, s.tolerance, s.action_mode, s.fill_budget, prior, s.observation)
 
     def _check_target(self, target: float, allow_extrapolation: bool) -> float:
         target = check_target(target)
@@ -152,7 +164,8 @@ class ConditionalPolicy:
         candidates = self.rollouts(target, max(k, 1), seed=seed, allow_extrapolation=allow_extrapolation)
         assert self.space is not None
         settings = self.settings
-        for found in self.meta.get("best_per_target_bin", {}).values():
+        found_by_search = {} if self.transferred else self.meta.get("best_per_target_bin", {})  # other groups when transferred
+        for found in found_by_search.values():
             strategy = np.asarray(found["strategy"])
             if target - settings.tolerance <= self.space.flops_ratio(strategy) <= target + 1e-12:
                 # found for a nearby target: spend this target's budget too, as the rollouts do
@@ -161,10 +174,12 @@ class ConditionalPolicy:
         best = int(np.argmax(scores))
         return candidates[best], scores[best], len(candidates)
 
-    def prune(self, model: nn.Module, target: float, allow_extrapolation: bool = False) -> nn.Module:
-        """Prune ``model`` (the policy's base model) for ``target``; returns a new, smaller model."""
+    def prune(self, model: nn.Module, target: float, allow_extrapolation: bool = False, transfer: bool = False,
+              data: Any = None) -> nn.Module:
+        """Prune ``model`` (the policy's base model, or with ``transfer`` another one) for ``target``;
+        returns a new, smaller model."""
         if self.space is None or self.space.model is not model:
-            self.bind(policy_space(model, self.meta), fingerprint(model))
+            self.bind(policy_space(model, self.meta), fingerprint(model), data=data, transfer=transfer)
         assert self.space is not None
         return self.space.apply(self.strategy(target, allow_extrapolation), self.settings.criterion)
 
@@ -181,9 +196,10 @@ class ConditionalPolicy:
         write_json(directory / "policy.json", self.meta)
 
 
-def policy_space(model: nn.Module, meta: dict[str, Any]) -> PruningSpace:
-    """The pruning space a policy sees on ``model``."""
-    return PruningSpace(model, torch.zeros(1, *meta["input_shape"]), round_to=PruningSettings.from_policy_meta(meta).round_to)
+def policy_space(model: nn.Module, meta: dict[str, Any], input_shape: Sequence[int] | None = None) -> PruningSpace:
+    """The pruning space a policy sees on ``model`` (inputs shaped as the policy's data, or ``input_shape``)."""
+    return PruningSpace(model, torch.zeros(1, *(input_shape or meta["input_shape"])),
+                        round_to=PruningSettings.from_policy_meta(meta).round_to)
 
 
 def _load_scores(directory: Path, criterion: str) -> list[np.ndarray] | None:
@@ -200,11 +216,13 @@ def _load_scores(directory: Path, criterion: str) -> list[np.ndarray] | None:
 
 
 def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-                model: nn.Module | None = None, data: Any = None) -> ConditionalPolicy:
+                model: nn.Module | None = None, data: Any = None, transfer: bool = False,
+                input_shape: Sequence[int] | None = None) -> ConditionalPolicy:
     """Load a policy directory; bind it to ``model`` / ``checkpoint`` (default: the search's checkpoint, if present).
 
     ``data`` (training batches) is needed only for an old policy of a data-dependent criterion saved
-    without its importance scores."""
+    without its importance scores, or to transfer one to another model. ``transfer=True`` binds the
+    policy to a model it was not searched on (see ``ConditionalPolicy.bind``)."""
     directory = Path(directory)
     meta_path, weights_path = directory / "policy.json", directory / "policy.pt"
     if not meta_path.is_file() or not weights_path.is_file():
@@ -219,17 +237,17 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
         raise AutopruneError(f"{meta_path} is not an autoprune policy (format {POLICY_FORMAT!r} expected)")
     if meta.get("agent") not in ALGORITHM_CLASSES:
         raise AutopruneError(f"{meta_path} names an unknown agent {meta.get('agent')!r}")
-    network = build_network(meta["agent"])
+    try:
+        settings = PruningSettings.from_policy_meta(meta)
+    except (AutopruneError, TypeError) as exc:
+        raise AutopruneError(f"{meta_path} holds invalid settings: {exc}") from None
+    network = build_network(meta["agent"], settings.observation)
     try:
         network.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
         raise AutopruneError(f"{weights_path} does not match a {meta['agent']} policy: {str(exc).splitlines()[0][:160]}") from None
     network.set_training_mode(False)
-    try:
-        criterion = PruningSettings.from_policy_meta(meta).criterion
-    except (AutopruneError, TypeError) as exc:
-        raise AutopruneError(f"{meta_path} holds invalid settings: {exc}") from None
-    policy = ConditionalPolicy(network, meta, scores=_load_scores(directory, criterion))
+    policy = ConditionalPolicy(network, meta, scores=_load_scores(directory, settings.criterion))
     if model is None and checkpoint is None and meta.get("checkpoint") and Path(meta["checkpoint"]).is_file():
         checkpoint = meta["checkpoint"]
     if checkpoint is not None:
@@ -237,5 +255,5 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
 
         model = load_model(checkpoint)[0]
     if model is not None:
-        policy.bind(policy_space(model, meta), fingerprint(model), data=data)
+        policy.bind(policy_space(model, meta, input_shape), fingerprint(model), data=data, transfer=transfer)
     return policy

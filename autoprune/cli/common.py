@@ -62,6 +62,8 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
                    help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
     g.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
                    help="end episodes where the action wall leaves them, instead of spending the unused budget")
+    g.add_argument("--observation", help="what the agent sees of a group: layer (default; normalised within the "
+                                         "model) or transferable (the same meaning on any architecture)")
 
 
 def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyped-def]
@@ -70,7 +72,8 @@ def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyp
 
     return (base or PruningSettings()).replace(
         criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
-        proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget)
+        proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget,
+        observation=args.observation)
 
 
 def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:

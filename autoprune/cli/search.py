@@ -49,6 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     settings_args(p, "the policy's, else the library's")
     recipe_args(p)
     p.add_argument("--allow-extrapolation", action="store_true", help="allow a target outside the trained range")
+    p.add_argument("--transfer", action="store_true",
+                   help="apply the policy to a model it was not searched on (another architecture or other weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="pruned model file (.pt); a .json summary is written beside it")
 
@@ -59,6 +61,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", default="uniform", help="comma-separated: uniform,global,random,ga,sensitivity,amc")
     p.add_argument("--baseline-episodes", type=int, default=100, help="proxy evaluations per target for searching baselines")
     p.add_argument("--policy-best-of", type=int, default=1, help="as prune --best-of: proxy-scored candidates per target")
+    p.add_argument("--transfer", action="store_true", help="as prune --transfer: evaluate a policy on a model it was not "
+                                                            "searched on")
     data_args(p, default=None)
     settings_args(p, "the policy's, else the library's")
     recipe_args(p)
@@ -103,7 +107,8 @@ def _task(args: argparse.Namespace, policy_dir: str | None):  # type: ignore[no-
     model, payload = load_model(args.checkpoint)
     meta = payload["meta"]
     splits = load_splits(args.data or meta.get("dataset", "digits"), args.data_dir, args.val_size or meta.get("val_size"))
-    policy = load_policy(policy_dir, model=model, data=importance_data(splits))
+    policy = load_policy(policy_dir, model=model, data=importance_data(splits), transfer=args.transfer,
+                         input_shape=splits.input_shape)
     settings = settings_from(args, policy.settings)
     scores = policy.scores if settings.criterion == policy.settings.criterion else None
     source = {"arch": payload["arch"], "num_classes": payload["num_classes"], "checkpoint": str(args.checkpoint),
@@ -121,6 +126,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
     if args.method is not None and args.method not in list_searchers():
         raise AutopruneError(f"unknown method {args.method!r}; choose one of {', '.join(list_searchers())}")
+    if args.method is not None and args.transfer:
+        raise AutopruneError("--transfer applies a policy to another model; it does not apply to --method")
     if args.method is not None and args.best_of != 1:
         raise AutopruneError("--best-of chooses among a policy's rollouts; it does not apply to --method")
     recipe = recipe_from(args)
@@ -131,12 +138,17 @@ def cmd_prune(args: argparse.Namespace) -> None:
                              episodes=args.episodes, recipe=recipe, seed=args.seed,
                              allow_extrapolation=args.allow_extrapolation)
     summary = dict(result.summary, policy=args.policy, base_checkpoint=str(args.checkpoint), versions=versions())
+    if policy is not None and policy.transferred:
+        summary["transferred_from"] = {"arch": policy.meta.get("arch"), "base_fingerprint": policy.meta["base_fingerprint"],
+                                       "checkpoint": policy.meta.get("checkpoint")}
     splits = task.splits
     save_model(out, result.model, task.source["arch"], task.source["num_classes"],
                dict(summary, kind="pruned", dataset=splits.train.name, val_size=splits.val_size,
                     input_shape=list(splits.input_shape)), in_channels=splits.input_shape[0])
     write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
     how = f"policy {args.policy}" if policy is not None else f"method {args.method}"
+    if policy is not None and policy.transferred:
+        how += f", transferred from {policy.meta.get('arch')}"
     print(f"target {args.target:.3f} ({how}) -> achieved FLOPs ratio {summary['achieved_flops_ratio']:.3f}; "
           f"params {summary['params']:,} of {summary['dense_params']:,}")
     print(f"proxy accuracy {summary['proxy_accuracy']:.4f}; test accuracy {summary['test_accuracy_before_finetune']:.2f}%"

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from autoprune.errors import AutopruneError
-from autoprune.task import OBSERVATION_FEATURES, PruningTask, make_task
+from autoprune.task import PruningTask, make_task
 
 
 class ChannelPruningEnv(gym.Env):
@@ -23,7 +23,10 @@ class ChannelPruningEnv(gym.Env):
     model is scored by the accuracy proxy.
 
     ## Observation
-    ``Box(0, 1, (14,), float32)``:
+    With ``observation="layer"`` (the default setting), ``Box(0, 1, (14,), float32)``; with
+    ``"transferable"`` 18 features whose meaning does not depend on the model's size (see
+    ``autoprune.task.observation``), ending in the same five dynamic features (``flops_removed`` ...
+    ``budget_slack``). The ``layer`` set:
 
     | Num | Feature          | Meaning (normalised to [0, 1])                                             |
     |-----|------------------|----------------------------------------------------------------------------|
@@ -102,7 +105,7 @@ class ChannelPruningEnv(gym.Env):
             raise AutopruneError(f"give either a task or what builds one, not both (got {', '.join(task_args)})")
         self.target_range = self.task.check_target_range(*target_range)
         self.episode = self.task.episode()
-        self.observation_space = spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(self.episode.observation_set.features),), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._done = True
 

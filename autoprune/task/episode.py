@@ -13,13 +13,11 @@ import numpy as np
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
 from autoprune.registry import Registry
+from autoprune.task.observation import make_observation
 
-OBSERVATION_FEATURES = (
-    "group_index", "layer_type", "in_channels", "out_channels", "kernel", "stride", "feature_size",
-    "flops_share", "params_share", "flops_removed", "flops_rest", "previous_action", "target", "budget_slack",
-)
+# the ``layer`` observation's features (the default set; ``autoprune.task.observation`` has the others)
+OBSERVATION_FEATURES = make_observation("layer").features
 FEATURE = {name: i for i, name in enumerate(OBSERVATION_FEATURES)}  # observation index by feature name
-LAYER_KIND = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 
 Prior = Callable[[float], np.ndarray]  # target -> keep ratio per group
 PriorFactory = Callable[[PruningSpace, float, Sequence[np.ndarray]], Prior]  # (space, min_keep, importance scores)
@@ -85,7 +83,8 @@ class StrategyEpisode:
     """Builds a strategy group by group for a target, clamping every decision by the action wall."""
 
     def __init__(self, space: PruningSpace, min_keep: float = 0.1, tolerance: float = 0.02,
-                 action_mode: str = "offset", fill_budget: bool = True, prior: Prior | None = None) -> None:
+                 action_mode: str = "offset", fill_budget: bool = True, prior: Prior | None = None,
+                 observation: str = "layer") -> None:
         if not 0 < min_keep <= 1:
             raise AutopruneError(f"min_keep must be in (0, 1], got {min_keep}")
         self.action_mode = action_mode
@@ -97,7 +96,11 @@ class StrategyEpisode:
         self.prior = prior or uniform_prior(space, float(min_keep), [])
         self.min_counts = space.keep_counts(np.full(space.num_groups, float(min_keep)))
         self.floor = space.min_flops_ratio(min_keep)
-        self.features = self._static_features()
+        self.observation_set = make_observation(observation)
+        static = self.observation_set.static(space)
+        flops_share = np.array([g.flops for g in space.groups], dtype=np.float64) / space.dense_flops
+        rest = np.clip([flops_share[i + 1:].sum() for i in range(space.num_groups)], 0, 1)  # FLOPs share still to come
+        self.features = np.column_stack([static, rest])
         self.target = 1.0
         self.centre = np.ones(space.num_groups)
         self.index = 0
@@ -165,24 +168,8 @@ class StrategyEpisode:
             raise AutopruneError(f"need {self.space.num_groups} actions, got {len(np.asarray(actions).reshape(-1))}")
         return self.strategy
 
-    def _static_features(self) -> np.ndarray:
-        space = self.space
-        groups = space.groups
-        total_params = sum(r.params for r in space.layers) or 1
-        max_ch = max(max(g.channels, g.in_channels) for g in groups)
-        max_k = max(g.kernel for g in groups)
-        max_s = max(g.stride for g in groups)
-        max_f = max(g.feature_size for g in groups)
-        n = len(groups)
-        rows = [[g.index / max(n - 1, 1), LAYER_KIND[g.kind], g.in_channels / max_ch, g.channels / max_ch,
-                 g.kernel / max_k, g.stride / max_s, g.feature_size / max_f,
-                 g.flops / space.dense_flops, g.params / total_params] for g in groups]
-        static = np.clip(np.array(rows, dtype=np.float64), 0, 1)
-        rest = np.array([static[i + 1:, 7].sum() for i in range(n)])
-        return np.column_stack([static, np.clip(rest, 0, 1)])
-
     def observation(self) -> np.ndarray:
-        """The observation for the current group (see ``ChannelPruningEnv``'s table)."""
+        """The observation for the current group: the observation set's static features, then the dynamic ones."""
         t = min(self.index, self.space.num_groups - 1)
         s = self.features[t]
         dense = self.space.dense_flops
@@ -193,13 +180,13 @@ class StrategyEpisode:
         lower[t:] = self.min_counts[t:]
         slack = self.target - self.space.flops_of_counts(lower[:, None])[0] / dense
         previous = 1.0 if t == 0 else self.counts[t - 1] / self.space.channels[t - 1]
-        obs = np.concatenate([s[:9], [removed, s[9], previous, self.target, slack]])
+        obs = np.concatenate([s[:-1], [removed, s[-1], previous, self.target, slack]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     def terminal_observation(self) -> np.ndarray:
         """What follows the last decision: zeros but the target (nothing is left to decide)."""
-        obs = np.zeros(len(OBSERVATION_FEATURES), np.float32)
-        obs[FEATURE["target"]] = self.target
+        obs = np.zeros(len(self.observation_set.features), np.float32)
+        obs[self.observation_set.index("target")] = self.target
         return obs
 
     def _action_wall(self, t: int, wanted: int) -> int:

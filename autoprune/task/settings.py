@@ -30,6 +30,8 @@ class PruningSettings:
     - ``proxy_images``: validation images the proxy scores (None: all of the split).
     - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy.
     - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
+    - ``observation``: what the agent sees of a group (``OBSERVATIONS``): ``layer`` (normalised within
+      the model, AMC's embedding) or ``transferable`` (the same meaning on any architecture).
     """
 
     criterion: str = "l1"
@@ -44,15 +46,18 @@ class PruningSettings:
     proxy_steps: int = 0
     adaptive_bn: bool = True
     calib_batches: int = 4
+    observation: str = "layer"
 
     def __post_init__(self) -> None:
         from autoprune.pruning import list_criteria
         from autoprune.task.episode import ACTION_MODES, PRIORS
+        from autoprune.task.observation import OBSERVATIONS
         from autoprune.task.rewards import REWARDS
 
         for value, registry, what in ((self.criterion, list_criteria(), "criterion"),
                                       (self.action_mode, ACTION_MODES.names(), "action mode"),
-                                      (self.prior, PRIORS.names(), "prior"), (self.reward, REWARDS.names(), "reward")):
+                                      (self.prior, PRIORS.names(), "prior"), (self.reward, REWARDS.names(), "reward"),
+                                      (self.observation, OBSERVATIONS.names(), "observation")):
             if value not in registry:
                 raise AutopruneError(f"unknown {what} {value!r}; choose one of {', '.join(registry)}")
         if not 0 < self.min_keep <= 1:

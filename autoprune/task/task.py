@@ -116,7 +116,7 @@ class PruningTask:
     def episode(self) -> StrategyEpisode:
         """A fresh data-free episode under this task's rules (action mapping, action wall, budget fill)."""
         s = self.settings
-        return StrategyEpisode(self.space, s.min_keep, s.tolerance, s.action_mode, s.fill_budget, self.prior)
+        return StrategyEpisode(self.space, s.min_keep, s.tolerance, s.action_mode, s.fill_budget, self.prior, s.observation)
 
     def check_target_range(self, low: float, high: float) -> tuple[float, float]:
         low, high = check_target(low), check_target(high)
