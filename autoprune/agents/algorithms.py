@@ -5,6 +5,11 @@ Off-policy agents (DDPG, TD3, SAC) credit the final reward to every step of an e
 (``EpisodeRewardReplayBuffer``) and train once per episode; PPO gets the same credit from
 Monte-Carlo returns (gamma = 1, GAE lambda = 1).
 
+Several environments (a ``VecEnv``, e.g. ``autoprune.agents.parallel.RayVecEnv``) run episodes side by
+side: SB3 then only accepts a ``train_freq`` in steps, so off-policy agents train after every
+``steps_per_episode`` vector steps -- one episode in each environment -- with as many gradient steps
+as transitions collected; PPO keeps about 8 episodes per update in all.
+
 - ``ddpg``: Lillicrap et al. 2016 -- AMC's agent; Gaussian exploration noise decaying per episode.
 - ``td3``: Fujimoto et al. 2018 -- DDPG with twin critics and delayed actor updates.
 - ``sac``: Haarnoja et al. 2018 -- maximum-entropy actor-critic.
@@ -13,6 +18,7 @@ Monte-Carlo returns (gamma = 1, GAE lambda = 1).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +29,7 @@ import numpy as np
 from stable_baselines3 import DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.noise import NormalActionNoise, VectorizedActionNoise
 
 from autoprune.agents.common import EpisodeRewardReplayBuffer, ExplorationDecay
 from autoprune.registry import Registry
@@ -71,6 +77,8 @@ def load_agent(name: str, path: str | os.PathLike, env: gym.Env, sigma: list[flo
 def noise_sigma(agent: BaseAlgorithm) -> list[float] | None:
     """The current sigma of the agent's Gaussian exploration noise (None for agents without one)."""
     noise = getattr(agent, "action_noise", None)
+    if isinstance(noise, VectorizedActionNoise):  # one process per environment, all with the same sigma
+        noise = noise.noises[0]
     return noise._sigma.tolist() if isinstance(noise, NormalActionNoise) else None
 
 
@@ -79,10 +87,18 @@ def training_callbacks(agent: BaseAlgorithm, settings: AgentSettings) -> list[Ba
     return [ExplorationDecay(settings.noise_decay)] if noise_sigma(agent) is not None else []
 
 
-def _off_policy_kwargs(s: AgentSettings, tensorboard: str | None) -> dict[str, Any]:
+def _num_envs(env: gym.Env) -> int:
+    return int(getattr(env, "num_envs", 1))
+
+
+def _off_policy_kwargs(s: AgentSettings, tensorboard: str | None, n_envs: int = 1) -> dict[str, Any]:
+    # SB3 trains per episode with one environment only; with several, every steps_per_episode vector
+    # steps (one fixed-length episode in each) is the same schedule. gradient_steps=-1: one gradient
+    # step per transition collected in both cases.
+    train_freq = (1, "episode") if n_envs == 1 else (s.steps_per_episode, "step")
     return dict(
         learning_rate=s.learning_rate, batch_size=s.batch_size, gamma=s.gamma, buffer_size=200_000,
-        learning_starts=s.warmup_episodes * s.steps_per_episode, train_freq=(1, "episode"), gradient_steps=-1,
+        learning_starts=s.warmup_episodes * s.steps_per_episode, train_freq=train_freq, gradient_steps=-1,
         replay_buffer_class=EpisodeRewardReplayBuffer, policy_kwargs={"net_arch": NET_ARCH},
         tensorboard_log=tensorboard, seed=s.seed, verbose=0,
     )
@@ -94,22 +110,23 @@ def _noise(s: AgentSettings) -> NormalActionNoise:
 
 @AGENTS.register("ddpg")
 def build_ddpg(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
-    return DDPG("MlpPolicy", env, action_noise=_noise(s), **_off_policy_kwargs(s, tensorboard))
+    return DDPG("MlpPolicy", env, action_noise=_noise(s), **_off_policy_kwargs(s, tensorboard, _num_envs(env)))
 
 
 @AGENTS.register("td3")
 def build_td3(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
-    return TD3("MlpPolicy", env, action_noise=_noise(s), **_off_policy_kwargs(s, tensorboard))
+    return TD3("MlpPolicy", env, action_noise=_noise(s), **_off_policy_kwargs(s, tensorboard, _num_envs(env)))
 
 
 @AGENTS.register("sac")
 def build_sac(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
-    return SAC("MlpPolicy", env, **_off_policy_kwargs(s, tensorboard))
+    return SAC("MlpPolicy", env, **_off_policy_kwargs(s, tensorboard, _num_envs(env)))
 
 
 @AGENTS.register("ppo")
 def build_ppo(env: gym.Env, s: AgentSettings, tensorboard: str | None = None) -> BaseAlgorithm:
-    episodes_per_update = 8
-    return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=episodes_per_update * s.steps_per_episode,
+    episodes_per_update = 8  # in all environments together (rounded up to a multiple of their number)
+    n_steps = math.ceil(episodes_per_update / _num_envs(env)) * s.steps_per_episode  # per environment
+    return PPO("MlpPolicy", env, learning_rate=3e-4, n_steps=n_steps,
                batch_size=s.steps_per_episode * 2, gamma=1.0, gae_lambda=1.0, n_epochs=10,
                policy_kwargs={"net_arch": NET_ARCH}, tensorboard_log=tensorboard, seed=s.seed, verbose=0)

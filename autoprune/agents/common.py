@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import VectorizedActionNoise
 from tqdm import tqdm
 
 from autoprune.pruning import PruningSpace
@@ -27,29 +28,39 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
 
     The environment rewards only the last step; AMC (He et al. 2018, Sec. 3.4) assigns that reward
     to all transitions of the episode, which lets an off-policy critic learn from every step.
+    With several environments each one's episode is tracked on its own (column ``env`` of the buffer).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.n_envs != 1:
-            raise ValueError("EpisodeRewardReplayBuffer supports one environment")
-        self._episode_positions: list[int] = []
+        self._episode_positions: list[list[int]] = [[] for _ in range(self.n_envs)]
+
+    def _positions(self) -> list[list[int]]:
+        # a buffer saved by a single-environment version holds one flat list
+        if len(self._episode_positions) != self.n_envs or not all(isinstance(p, list) for p in self._episode_positions):
+            self._episode_positions = [list(self._episode_positions)] if self.n_envs == 1 else [[] for _ in range(self.n_envs)]
+        return self._episode_positions
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:  # type: ignore[no-untyped-def, override]
         position = self.pos
         super().add(obs, next_obs, action, reward, done, infos)
-        self._episode_positions.append(position)
-        if bool(np.asarray(done).reshape(-1)[0]):
-            final = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
-            for p in self._episode_positions:
-                self.rewards[p, 0] = final
-            self._episode_positions = []
+        positions = self._positions()
+        dones = np.asarray(done).reshape(-1)
+        rewards = np.asarray(reward, dtype=np.float32).reshape(-1)
+        for env in range(self.n_envs):
+            positions[env].append(position)
+            if bool(dones[env]):
+                for p in positions[env]:
+                    self.rewards[p, env] = rewards[env]
+                positions[env] = []
 
 
 class ExplorationDecay(BaseCallback):
     """After warm-up, multiply the agent's Gaussian action noise sigma by ``decay`` after every episode (AMC).
 
     The noise is read from the agent at every step, so the callback also serves an agent loaded to resume.
+    With several environments (one noise process each) every process decays once per episode that
+    ended in any of them, so sigma follows the episode count as with one environment.
     """
 
     def __init__(self, decay: float = 0.99, min_sigma: float = 0.02) -> None:
@@ -58,8 +69,10 @@ class ExplorationDecay(BaseCallback):
 
     def _on_step(self) -> bool:
         noise = self.model.action_noise
-        if bool(self.locals["dones"][0]) and self.num_timesteps > self.model.learning_starts:
-            noise._sigma = np.maximum(noise._sigma * self.decay, self.min_sigma)
+        finished = int(np.count_nonzero(self.locals["dones"]))
+        if finished and self.num_timesteps > self.model.learning_starts:
+            for process in noise.noises if isinstance(noise, VectorizedActionNoise) else [noise]:
+                process._sigma = np.maximum(process._sigma * self.decay**finished, self.min_sigma)
         return True
 
 
@@ -69,7 +82,11 @@ def target_bin(target: float) -> str:
 
 class SearchMonitor(BaseCallback):
     """Logs every episode (CSV, TensorBoard, progress bar), tracks the best strategy per target bin,
-    and saves a resumable checkpoint every ``checkpoint_every`` episodes."""
+    and saves a resumable checkpoint every ``checkpoint_every`` episodes.
+
+    With several environments the episodes that end at the same step are logged in environment
+    order; training stops after ``episodes`` episodes (any more that ended at that step are dropped).
+    """
 
     def __init__(self, out_dir: Path, episodes: int, checkpoint_every: int, save: Any, state: dict | None = None,
                  progress: bool = True) -> None:
@@ -93,10 +110,17 @@ class SearchMonitor(BaseCallback):
         return self._seconds0 + time.perf_counter() - self._t0
 
     def _on_step(self) -> bool:
-        if not bool(self.locals["dones"][0]):
+        finished = np.flatnonzero(np.asarray(self.locals["dones"]).reshape(-1))
+        if finished.size == 0:
             return True
-        info = self.locals["infos"][0]
-        reward = float(np.asarray(self.locals["rewards"]).reshape(-1)[0])
+        rewards = np.asarray(self.locals["rewards"]).reshape(-1)
+        for env in finished:
+            if self.state["episodes"] >= self.episodes:
+                break
+            self._log_episode(self.locals["infos"][env], float(rewards[env]))
+        return self.state["episodes"] < self.episodes
+
+    def _log_episode(self, info: dict[str, Any], reward: float) -> None:
         s = self.state
         s["episodes"] += 1
         s["seconds"] = self.seconds
@@ -125,7 +149,6 @@ class SearchMonitor(BaseCallback):
                              best_reward=f"{s['best_reward']:.3f}")
         if s["episodes"] % self.checkpoint_every == 0 or s["episodes"] >= self.episodes:
             self.save(self)
-        return s["episodes"] < self.episodes
 
     def _on_training_end(self) -> None:
         self.bar.close()
