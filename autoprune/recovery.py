@@ -113,16 +113,26 @@ def finetune(
     return FinetuneResult(val_before, max(val_before, result.best_val_accuracy), kept_initial, recipe, config, result)
 
 
+def finetuned_test_accuracy(job: tuple[nn.Module, int], splits: DataSplits, recipe: FinetuneRecipe,
+                            teacher: nn.Module | None = None) -> float:
+    """Test accuracy of a copy of ``pruned`` after ``finetune`` with ``seed``; ``job = (pruned, seed)``
+    so that independent fine-tunes can be mapped over workers."""
+    pruned, seed = job
+    tuned = copy.deepcopy(pruned)
+    finetune(tuned, splits, recipe, teacher=teacher, seed=seed, progress=False, log=lambda line: None)
+    return evaluate(tuned, splits.test)
+
+
 def finetuned_accuracies(pruned: nn.Module, splits: DataSplits, recipe: FinetuneRecipe, seeds: Sequence[int],
                          teacher: nn.Module | None = None) -> dict[str, Any]:
-    """Test accuracy after ``finetune`` once per seed, each on a copy of ``pruned``: the fields
-    ``finetuned_test_accuracy`` (mean), ``..._std`` (sample standard deviation; None for one seed) and
-    ``finetuned_test_accuracies`` (the single runs)."""
-    accuracies = []
-    for s in seeds:
-        tuned = copy.deepcopy(pruned)
-        finetune(tuned, splits, recipe, teacher=teacher, seed=s, progress=False, log=lambda line: None)
-        accuracies.append(evaluate(tuned, splits.test))
+    """Test accuracy after ``finetune`` once per seed, each on a copy of ``pruned`` (see ``summarize``)."""
+    return summarize([finetuned_test_accuracy((pruned, s), splits, recipe, teacher) for s in seeds])
+
+
+def summarize(accuracies: Sequence[float]) -> dict[str, Any]:
+    """The row fields of fine-tuned accuracies over seeds: ``finetuned_test_accuracy`` (mean), ``..._std``
+    (sample standard deviation; None for one seed) and ``finetuned_test_accuracies`` (the single runs)."""
+    accuracies = [float(a) for a in accuracies]
     return {"finetuned_test_accuracy": float(np.mean(accuracies)),
             "finetuned_test_accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
             "finetuned_test_accuracies": accuracies}

@@ -115,3 +115,16 @@ def test_transferable_observations_do_not_depend_on_the_models_size():
         static = make_observation(name).static(spaces["resnet56"])
         assert static.shape == (spaces["resnet56"].num_groups, len(make_observation(name).static_features))
         assert static.min() >= 0 and static.max() <= 1
+
+
+def test_reconstruction_setting_refits_every_pruned_model_the_task_builds(task):
+    refit = task.derive(reconstruct=64)
+    assert refit.proxy is not task.proxy  # the proxy scores reconstructed models: its own cache
+    strategy = task.prior_strategy(0.4)
+    plain, rebuilt = task.apply(strategy), refit.apply(strategy)
+    report = rebuilt.autoprune_reconstruction
+    assert report.layers and all(layer.error_after <= layer.error_before for layer in report.layers)
+    assert not hasattr(plain, "autoprune_reconstruction")
+    assert refit.score(strategy) >= task.score(strategy) - 0.02  # never much worse; usually better
+    with pytest.raises(AutopruneError, match="reconstruct"):
+        PruningSettings(reconstruct=-1)

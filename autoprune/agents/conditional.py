@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ class SearchConfig:
     noise_decay: float = 0.99
     seed: int = 0
     checkpoint_every: int = 25
+    workers: int = 1  # episodes run at once, each in a Ray worker (1: in this process, no Ray)
+    address: str | None = None  # a Ray cluster to run the workers on ("auto" or HOST:PORT)
+    threads_per_worker: int = 1  # torch threads (and Ray CPUs) of each worker
 
     def __post_init__(self) -> None:
         if self.agent not in list_agents():
@@ -56,11 +60,39 @@ class SearchConfig:
             raise AutopruneError("warmup_episodes must be between 0 and the number of episodes")
         if self.checkpoint_every < 1:
             raise AutopruneError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.workers < 1 or self.threads_per_worker < 1:
+            raise AutopruneError(f"workers and threads_per_worker must be >= 1, got {self.workers} and "
+                                 f"{self.threads_per_worker}")
+
+    @property
+    def parallel(self) -> bool:
+        return self.workers > 1 or self.address is not None
 
 
 def _resumable(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed search must share with the saved one (it may run longer, or save more often)."""
-    return {k: v for k, v in config.items() if k not in ("episodes", "checkpoint_every")}
+    """The settings a resumed search must share with the saved one (it may run longer, save more often, or
+    run its workers elsewhere; the number of workers fixes the replay buffer's layout, so it must match)."""
+    return {k: v for k, v in config.items() if k not in ("episodes", "checkpoint_every", "address", "threads_per_worker")}
+
+
+def worker_env(model: nn.Module, splits: DataSplits, settings: PruningSettings, scores: list,
+               target_range: tuple[float, float]) -> ChannelPruningEnv:
+    """The environment one parallel-search worker runs: its own task over the shipped model and data."""
+    return ChannelPruningEnv(PruningTask(model, splits, settings, scores=scores), target_range=target_range)
+
+
+def _environment(task: PruningTask, config: SearchConfig) -> Any:
+    """The search's environment: in this process, or ``config.workers`` copies in Ray workers."""
+    target_range = (config.target_low, config.target_high)
+    if not config.parallel:
+        return ChannelPruningEnv(task, target_range=target_range)
+    from autoprune.agents.parallel import RayVecEnv, connect
+
+    task.check_target_range(*target_range)
+    connect(config.workers, config.address, config.threads_per_worker)
+    inputs = {"model": task.model, "splits": task.splits, "settings": task.settings, "scores": task.scores}
+    return RayVecEnv(partial(worker_env, target_range=target_range), config.workers, inputs,
+                     num_cpus=config.threads_per_worker)
 
 
 def search(
@@ -94,7 +126,7 @@ def search(
                          val_size=val_size, settings=config.settings)
     else:
         config = replace(config, settings=task.settings)
-    env = ChannelPruningEnv(task, target_range=(config.target_low, config.target_high))
+    env = _environment(task, config)
     space = task.space
     meta = {
         "format": POLICY_FORMAT, "agent": config.agent, "arch": task.source.get("arch"),
@@ -136,14 +168,17 @@ def search(
     monitor = SearchMonitor(out, config.episodes, config.checkpoint_every, save,
                             state["monitor"] if state else None, progress=progress)
     remaining = config.episodes - monitor.state["episodes"]
-    if remaining > 0:
-        try:
+    try:
+        if remaining > 0:
             agent.learn(total_timesteps=remaining * space.num_groups, callback=[monitor, *callbacks],
                         reset_num_timesteps=state is None, tb_log_name="search")
-        except KeyboardInterrupt:
-            save(monitor)
-            raise AutopruneError(f"search interrupted after {monitor.state['episodes']} episodes; saved to {out}, "
-                                 "continue with --resume") from None
+    except KeyboardInterrupt:
+        save(monitor)
+        raise AutopruneError(f"search interrupted after {monitor.state['episodes']} episodes; saved to {out}, "
+                             "continue with --resume") from None
+    finally:
+        if config.parallel:
+            env.close()
     save(monitor)
     policy_meta = json.loads((out / "policy.json").read_text())
     return ConditionalPolicy(agent.policy, policy_meta, space, scores=task.scores)

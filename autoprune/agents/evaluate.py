@@ -17,16 +17,19 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.nn as nn
 
 from autoprune.agents.baselines import create_searcher
+from autoprune.agents.parallel import parallel_map
 from autoprune.agents.policy import ConditionalPolicy
 from autoprune.errors import AutopruneError
 from autoprune.pruning import count_params
-from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
+from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy, summarize
 from autoprune.task import PruningTask
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import versions, write_text_atomic
@@ -49,6 +52,8 @@ def evaluate_methods(
     log: Callable[[str], None] = print,
     done: Sequence[dict[str, Any]] = (),
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    workers: int = 1,
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of the comparison table; every method gets the same fine-tune (``recipe``; None: no fine-tune).
 
@@ -59,6 +64,8 @@ def evaluate_methods(
     deviation and ``finetuned_test_accuracies`` the single runs.
     ``done`` holds rows from an earlier, interrupted run (they are kept, not recomputed);
     ``on_row(rows)`` is called after every new row, e.g. to save progress.
+    ``workers`` > 1 (or a Ray cluster ``address``) runs the fine-tunes of each target's rows in parallel
+    on Ray, one thread each; the rows equal a serial run's with one torch thread.
     """
     if finetune_seeds < 1:
         raise AutopruneError(f"finetune_seeds must be >= 1, got {finetune_seeds}")
@@ -96,7 +103,10 @@ def evaluate_methods(
             return r.strategy, r.episodes, r.seconds
 
         methods.append((name, run))
+    tune = partial(finetuned_test_accuracy, splits=splits, recipe=recipe, teacher=task.model)
+    seeds = list(range(seed, seed + finetune_seeds))
     for target in targets:
+        pending: list[tuple[dict[str, Any], nn.Module]] = []
         for name, find in methods:
             if (name, round(float(target), 6)) in finished:
                 continue
@@ -110,14 +120,18 @@ def evaluate_methods(
                    "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be
             if name == "policy":  # the share of this target's query (best-of-K) in the search cost
                 row["query_seconds"] = round(query_seconds[round(float(target), 6)], 2)
-            if recipe is not None:
-                seeds = range(seed, seed + finetune_seeds)
-                row.update(finetuned_accuracies(pruned, splits, recipe, seeds, teacher=task.model))
+            pending.append((row, pruned))
+        if recipe is not None and pending:  # every fine-tune of this target, in parallel where workers allow
+            accuracies = parallel_map(tune, [(pruned, s) for _, pruned in pending for s in seeds], workers, address)
+            for k, (row, _) in enumerate(pending):
+                row.update(summarize(accuracies[k * len(seeds):(k + 1) * len(seeds)]))
+        for row, _ in pending:
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
-            log(f"{name:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  proxy {row['proxy_accuracy']:.3f}  "
-                f"test {row['test_accuracy']:.2f}%" + (f"  fine-tuned {_finetuned(row)}%" if recipe is not None else ""))
+            log(f"{row['method']:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  "
+                f"proxy {row['proxy_accuracy']:.3f}  test {row['test_accuracy']:.2f}%"
+                + (f"  fine-tuned {_finetuned(row)}%" if recipe is not None else ""))
     return rows
 
 

@@ -62,6 +62,9 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
                    help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
     g.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
                    help="end episodes where the action wall leaves them, instead of spending the unused budget")
+    g.add_argument("--reconstruct", type=int, metavar="IMAGES",
+                   help="refit the layers after the removed channels by least squares on this many training images "
+                        "(e.g. 256), for the proxy and every pruned model (default 0: off)")
     g.add_argument("--observation", help="what the agent sees of a group: layer (default; normalised within the "
                                          "model) or transferable (the same meaning on any architecture)")
 
@@ -73,7 +76,7 @@ def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyp
     return (base or PruningSettings()).replace(
         criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
         proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget,
-        observation=args.observation)
+        observation=args.observation, reconstruct=args.reconstruct)
 
 
 def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:
@@ -100,3 +103,10 @@ def recipe_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return None
     return FinetuneRecipe(epochs=args.finetune_epochs).replace(lr=args.lr, schedule=args.schedule, distill=args.distill,
                                                                 precision=args.precision)
+
+
+def workers_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--workers`` and ``--address``: run on Ray, on this machine or on a cluster."""
+    p.add_argument("--workers", type=int, default=1, help=f"{what} (default 1: in this process, without Ray)")
+    p.add_argument("--address", help="join a running Ray cluster: auto (started here with `ray start`) or HOST:PORT "
+                                     "of its head node")

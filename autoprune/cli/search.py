@@ -16,6 +16,7 @@ from autoprune.cli.common import (
     recipe_from,
     settings_args,
     settings_from,
+    workers_args,
 )
 from autoprune.errors import AutopruneError
 
@@ -31,6 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     settings_args(p, "the library's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25, help="episodes between saved checkpoints")
+    workers_args(p, "episodes (proxy evaluations) run at once, each in a Ray worker")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (Ray CPUs) of each worker")
     p.add_argument("--out", required=True, help="policy directory")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -70,6 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fine-tune every pruned model N times (seeds seed..seed+N-1) and report mean and standard "
                         "deviation (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    workers_args(p, "fine-tunes run at once, each in a Ray worker with one thread")
     p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out/results.json and compute the rest")
 
@@ -85,7 +89,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     low, high = parse_range(args.targets)
     config = SearchConfig(agent=args.agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
                           target_high=high, settings=settings_from(args), seed=args.seed,
-                          checkpoint_every=args.checkpoint_every)
+                          checkpoint_every=args.checkpoint_every, workers=args.workers, address=args.address,
+                          threads_per_worker=args.threads_per_worker)
     policy = search(args.out, config, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
                     val_size=args.val_size, resume=args.resume, progress=not args.no_progress)
     print(f"policy saved to {args.out}: {policy.meta['episodes']} episodes in {policy.meta['search_seconds'] / 60:.1f} min")
@@ -174,7 +179,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise AutopruneError("--finetune-seeds needs --finetune-epochs >= 1: there is nothing to repeat without a fine-tune")
     recipe = recipe_from(args)
     task, policy = _task(args, args.policy)
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug")}
+    # where the fine-tunes run does not change the rows: a report may be resumed with other workers
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "threads", "debug", "workers", "address")}
     config["base_fingerprint"] = fingerprint(task.model)  # the same path may hold a retrained model
     config["settings"] = task.settings.to_dict()
     config["recipe"] = None if recipe is None else asdict(recipe)
@@ -193,7 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     rows = evaluate_methods(task, targets, policy, baselines, baseline_episodes=args.baseline_episodes, recipe=recipe,
                             seed=args.seed,
                             policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done,
-                            on_row=lambda rows: write_report(rows, args.out, config, base))
+                            on_row=lambda rows: write_report(rows, args.out, config, base), workers=args.workers,
+                            address=args.address)
     write_report(rows, args.out, config, base)
     print(markdown_table(rows))
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")

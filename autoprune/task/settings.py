@@ -30,6 +30,9 @@ class PruningSettings:
     - ``proxy_images``: validation images the proxy scores (None: all of the split).
     - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy.
     - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
+    - ``reconstruct``: calibration images for least-squares reconstruction of the layers after the
+      removed channels (``PruningSpace.apply(reconstruct=...)``), for the proxy and every pruned model
+      the task builds; 0: off.
     - ``observation``: what the agent sees of a group (``OBSERVATIONS``): ``layer`` (normalised within
       the model, AMC's embedding) or ``transferable`` (the same meaning on any architecture).
     """
@@ -47,6 +50,7 @@ class PruningSettings:
     adaptive_bn: bool = True
     calib_batches: int = 4
     observation: str = "layer"
+    reconstruct: int = 0
 
     def __post_init__(self) -> None:
         from autoprune.pruning import list_criteria
@@ -68,6 +72,8 @@ class PruningSettings:
             raise AutopruneError(f"round_to must be >= 1, got {self.round_to}")
         if self.proxy_steps < 0:
             raise AutopruneError(f"proxy_steps must be >= 0, got {self.proxy_steps}")
+        if self.reconstruct < 0:
+            raise AutopruneError(f"reconstruct must be >= 0 calibration images, got {self.reconstruct}")
         if self.calib_batches < 1:
             raise AutopruneError(f"calib_batches must be >= 1, got {self.calib_batches}")
 

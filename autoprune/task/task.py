@@ -29,6 +29,15 @@ from autoprune.task.settings import PruningSettings
 IMPORTANCE_BATCH = 64  # training batch size of data-dependent importance criteria (taylor, gradient, ...)
 
 
+def reconstruction_batches(splits: DataSplits, images: int) -> list[torch.Tensor] | None:
+    """``images`` training images drawn once with a fixed seed (batches of up to 128) for least-squares
+    reconstruction; None for 0."""
+    if images <= 0:
+        return None
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:images]
+    return [x for x, _ in BatchLoader(splits.train.subset(order), 128)]
+
+
 def importance_data(splits: DataSplits) -> BatchLoader:
     """The training batches data-dependent importance criteria score channels on (fixed order)."""
     return BatchLoader(splits.train, IMPORTANCE_BATCH, shuffle=True, seed=0)
@@ -67,8 +76,9 @@ class PruningTask:
         self.prior = make_prior(self.settings.prior, self.space, self.settings.min_keep, self.scores)
         self.floor = self.space.min_flops_ratio(self.settings.min_keep)
         self._baselines: dict[float, float] = {}
+        self.reconstruction_batches = reconstruction_batches(splits, self.settings.reconstruct)
 
-    PROXY_FIELDS = ("proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to")
+    PROXY_FIELDS = ("proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to", "reconstruct")
 
     def derive(self, **changes: Any) -> PruningTask:
         """The same base model and data under changed settings (e.g. another reward); shares the space,
@@ -83,6 +93,7 @@ class PruningTask:
             task.proxy = AccuracyProxy(self.splits, settings.proxy_images, settings.adaptive_bn, settings.calib_batches,
                                        finetune_steps=settings.proxy_steps)
         task.prior = make_prior(settings.prior, self.space, settings.min_keep, self.scores)
+        task.reconstruction_batches = reconstruction_batches(self.splits, settings.reconstruct)
         task.floor = self.space.min_flops_ratio(settings.min_keep)
         task._baselines = {} if (settings.prior, settings.min_keep, settings.fill_budget, task.proxy) != (
             self.settings.prior, self.settings.min_keep, self.settings.fill_budget, self.proxy) else self._baselines
@@ -133,8 +144,9 @@ class PruningTask:
         return self.space.fill(strategy, target) if self.settings.fill_budget else strategy
 
     def apply(self, strategy: Sequence[float] | np.ndarray) -> nn.Module:
-        """The base model physically pruned with ``strategy`` (channels ranked by the task's importance scores)."""
-        return self.space.apply(strategy, self.settings.criterion)
+        """The base model physically pruned with ``strategy`` (channels ranked by the task's importance
+        scores), its layers refitted by least squares where the settings ask for reconstruction."""
+        return self.space.apply(strategy, self.settings.criterion, reconstruct=self.reconstruction_batches)
 
     # ------------------------------------------------------------------ scoring
     def score(self, strategy: Sequence[float] | np.ndarray) -> float:
