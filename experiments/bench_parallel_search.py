@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import tyro
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3 import TD3
 
 from autoprune.agents import SearchConfig, search
 from autoprune.agents.parallel import connect, disconnect
@@ -37,8 +37,8 @@ class Config:
 
 
 def timed_train(seconds: list[float]):  # type: ignore[no-untyped-def]
-    """Wrap SB3's ``train`` to add up the driver's time on agent updates."""
-    original = OffPolicyAlgorithm.train
+    """Wrap SB3's DDPG ``train`` (TD3's, which DDPG inherits) to add up the driver's time on agent updates."""
+    original = TD3.train
 
     def train(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
@@ -56,14 +56,14 @@ def run(task: PruningTask, cfg: Config, workers: int, in_process: bool) -> dict:
                           checkpoint_every=cfg.episodes, workers=workers, address=None if in_process else "auto")
     updates: list[float] = []
     original, wrapped = timed_train(updates)
-    OffPolicyAlgorithm.train = wrapped
+    TD3.train = wrapped
     try:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             search(out, config, task=task, progress=False)
             seconds = time.perf_counter() - t0
     finally:
-        OffPolicyAlgorithm.train = original
+        TD3.train = original
     learned = cfg.episodes - cfg.warmup
     return {"workers": workers, "in_process": in_process, "seconds": seconds, "episodes_per_s": cfg.episodes / seconds,
             "agent_update_s_per_episode": sum(updates) / max(learned, 1)}

@@ -29,11 +29,11 @@ from experiments.common import write_report
 
 # name -> recipe changes from the library default; "kd" distils from the unpruned model
 RECIPES = {
-    "cosine-0.01": {"schedule": "cosine", "lr": 0.01},  # the recipe evaluate used before
-    "cosine-0.05": {"schedule": "cosine", "lr": 0.05},
-    "onecycle-0.02": {"schedule": "onecycle", "lr": 0.02},
-    "onecycle-0.05": {"schedule": "onecycle", "lr": 0.05},
-    "onecycle-0.1": {"schedule": "onecycle", "lr": 0.1},
+    "cosine-0.01": {"schedule": "cosine", "lr": 0.01, "distill": False},  # the recipe evaluate used before
+    "cosine-0.05": {"schedule": "cosine", "lr": 0.05, "distill": False},
+    "onecycle-0.02": {"schedule": "onecycle", "lr": 0.02, "distill": False},
+    "onecycle-0.05": {"schedule": "onecycle", "lr": 0.05, "distill": False},
+    "onecycle-0.1": {"schedule": "onecycle", "lr": 0.1, "distill": False},
     "onecycle-0.05-kd": {"schedule": "onecycle", "lr": 0.05, "distill": True},
 }
 

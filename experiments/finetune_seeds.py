@@ -55,7 +55,7 @@ def report_recipe(settings: dict) -> FinetuneRecipe:
     """The fine-tune recipe a report's rows were fine-tuned with."""
     if settings.get("recipe"):
         return FinetuneRecipe(**settings["recipe"])
-    return FinetuneRecipe(epochs=settings["finetune_epochs"], lr=settings["lr"], schedule="cosine",
+    return FinetuneRecipe(epochs=settings["finetune_epochs"], lr=settings["lr"], schedule="cosine", distill=False,
                           precision=settings.get("precision") or "fp32")
 
 

@@ -209,7 +209,8 @@ def test_bad_input_is_one_line_exit_2(case, trained_small, tmp_path):
     (["quantize", "{base}", "--method", "fp16", "--out", "{tmp}/x.onnx"], "unknown quantization method 'fp16'"),
     (["quantize", "{base}", "--out", "{tmp}/x.pt"], "ending in .onnx"),
     (["quantize", "{bad}", "--out", "{tmp}/x.onnx"], "not a readable autoprune model file"),
-    (["finetune", "{base}", "--epochs", "1", "--distill", "--out", "{tmp}/x.pt"], "--distill needs --teacher"),
+    (["finetune", "{base}", "--epochs", "1", "--distill", "--out", "{tmp}/x.pt"], "needs the unpruned model"),
+    (["finetune", "{base}", "--epochs", "1", "--no-distill", "--teacher", "{base}", "--out", "{tmp}/x.pt"], "only used for distillation"),
     (["finetune", "{base}", "--epochs", "1", "--data", "cifar10", "--out", "{tmp}/x.pt"], "needs --data-dir"),
     (["bench", "{base}", "--batch", "0"], "batch sizes must be positive"),
 ])

@@ -76,9 +76,10 @@ def _resumable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_env(model: nn.Module, splits: DataSplits, settings: PruningSettings, scores: list,
-               target_range: tuple[float, float]) -> ChannelPruningEnv:
+               baselines: dict[float, float], target_range: tuple[float, float]) -> ChannelPruningEnv:
     """The environment one parallel-search worker runs: its own task over the shipped model and data."""
-    return ChannelPruningEnv(PruningTask(model, splits, settings, scores=scores), target_range=target_range)
+    task = PruningTask(model, splits, settings, scores=scores, baselines=baselines)
+    return ChannelPruningEnv(task, target_range=target_range)
 
 
 def _environment(task: PruningTask, config: SearchConfig) -> Any:
@@ -90,7 +91,10 @@ def _environment(task: PruningTask, config: SearchConfig) -> Any:
 
     task.check_target_range(*target_range)
     connect(config.workers, config.address, config.threads_per_worker)
-    inputs = {"model": task.model, "splits": task.splits, "settings": task.settings, "scores": task.scores}
+    # the reward baseline is measured once here, not once per worker
+    baselines = task.prior_baselines(*target_range) if task.settings.reward == "relative" else {}
+    inputs = {"model": task.model, "splits": task.splits, "settings": task.settings, "scores": task.scores,
+              "baselines": baselines}
     return RayVecEnv(partial(worker_env, target_range=target_range), config.workers, inputs,
                      num_cpus=config.threads_per_worker)
 

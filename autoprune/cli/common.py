@@ -88,8 +88,8 @@ def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epoch
     g.add_argument(epochs_flag, type=int, default=0, dest="finetune_epochs", help="fine-tune epochs (default 0: none)")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     g.add_argument("--schedule", choices=["onecycle", "cosine"], help=f"learning-rate schedule (default {d.schedule})")
-    g.add_argument("--distill", action="store_true", default=None,
-                   help="add Hinton et al.'s distillation loss towards the unpruned model")
+    g.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                   help="Hinton et al.'s distillation loss towards the unpruned model (default: on)")
     precision_arg(g, "fine-tune")
 
 

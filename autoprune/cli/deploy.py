@@ -14,7 +14,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="an autoprune model file (.pt)")
     data_args(p, default=None)
     recipe_args(p, "--epochs")
-    p.add_argument("--teacher", help="the unpruned model (.pt) to distil from; needs --distill")
+    p.add_argument("--teacher", help="the unpruned model (.pt) to distil from (default: the base checkpoint the "
+                                     "model file records, when it exists)")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--weight-decay", type=float, help="default 5e-4")
     p.add_argument("--temperature", type=float, help="distillation temperature (default 4)")
@@ -67,22 +68,24 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         raise AutopruneError(f"--epochs must be >= 1, got {args.finetune_epochs}")
     recipe = recipe_from(args).replace(batch_size=args.batch_size, weight_decay=args.weight_decay,
                                        temperature=args.temperature, alpha=args.alpha)
-    if args.distill and not args.teacher:
-        raise AutopruneError("--distill needs --teacher BASE.pt (the model the pruned one came from)")
-    if args.teacher and not args.distill:
-        raise AutopruneError("--teacher is only used with --distill; add --distill or drop --teacher")
+    if args.teacher and not recipe.distill:
+        raise AutopruneError("--teacher is only used for distillation; drop --no-distill or drop --teacher")
     model, payload = load_model(args.model)
-    teacher = load_model(args.teacher)[0] if args.teacher else None
+    teacher_path = args.teacher or (payload["meta"].get("base_checkpoint") if recipe.distill else None)
+    if recipe.distill and not (teacher_path and Path(teacher_path).is_file()):
+        raise AutopruneError("distillation (the default recipe) needs the unpruned model: pass --teacher BASE.pt "
+                             "(the model the pruned one came from), or --no-distill")
+    teacher = load_model(teacher_path)[0] if recipe.distill else None
     splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
     seed_everything(args.seed)
     print(f"fine-tuning {args.model} ({payload['arch']}) on {splits.train.name} for {recipe.epochs} epochs "
-          f"({recipe.schedule}, lr {recipe.lr:g})" + (f", distilling from {args.teacher}" if teacher is not None else ""))
+          f"({recipe.schedule}, lr {recipe.lr:g})" + (f", distilling from {teacher_path}" if teacher is not None else ""))
     result = finetune(model, splits, recipe, teacher=teacher, seed=args.seed, progress=not args.no_progress)
     test_acc = evaluate(model, splits.test)
     meta = dict(payload["meta"])
     meta.update({"dataset": splits.train.name, "val_size": splits.val_size, "input_shape": list(splits.input_shape),
                  "test_accuracy": test_acc, "val_accuracy": result.val_after, "versions": versions(),
-                 "finetune": {**result.summary(), "source": str(args.model), "teacher": args.teacher,
+                 "finetune": {**result.summary(), "source": str(args.model), "teacher": teacher_path if teacher is not None else None,
                               "test_accuracy_before": payload["meta"].get("test_accuracy")}})
     save_model(args.out, model, payload["arch"], payload["num_classes"], meta, in_channels=payload.get("in_channels", 3))
     kept = "  (no epoch beat the starting weights; kept them)" if result.kept_initial else ""

@@ -106,7 +106,7 @@ def quantize(
         # BN statistics stay as trained: re-estimating them through the fake quantizers' first,
         # still uncalibrated, ranges would only add noise.
         # a gentle cosine decay from a small lr: the weights are trained, only the rounding is new
-        recipe = FinetuneRecipe(epochs=qat_epochs, lr=qat_lr, schedule="cosine", batch_size=batch_size)
+        recipe = FinetuneRecipe(epochs=qat_epochs, lr=qat_lr, schedule="cosine", batch_size=batch_size, distill=False)
         qat = finetune(source, splits, recipe, seed=seed, recalibrate=False, progress=progress, log=log)
         strip_qat(source)
     meta = dict(meta or {})

@@ -52,13 +52,15 @@ class PruningTask:
     :param space: a prebuilt ``PruningSpace`` of ``model`` to share (its ``round_to`` must match).
     :param scores: precomputed importance scores (one array per group), e.g. those a policy was searched with.
     :param source: what the task was built from (architecture, classes, checkpoint path), for records.
+    :param baselines: the prior's proxy accuracies already measured (``prior_baselines``) on the same
+        model, data and settings.
     """
 
     BASELINE_STEP = 0.05  # spacing of the targets where the prior's proxy accuracy is measured
 
     def __init__(self, model: nn.Module, splits: DataSplits, settings: PruningSettings | None = None, *,
                  space: PruningSpace | None = None, scores: Sequence[np.ndarray] | None = None,
-                 source: dict[str, Any] | None = None) -> None:
+                 source: dict[str, Any] | None = None, baselines: dict[float, float] | None = None) -> None:
         self.settings = settings or PruningSettings()
         self.model = model.eval()
         self.splits = splits
@@ -75,7 +77,7 @@ class PruningTask:
                                    self.settings.calib_batches, finetune_steps=self.settings.proxy_steps)
         self.prior = make_prior(self.settings.prior, self.space, self.settings.min_keep, self.scores)
         self.floor = self.space.min_flops_ratio(self.settings.min_keep)
-        self._baselines: dict[float, float] = {}
+        self._baselines: dict[float, float] = dict(baselines or {})  # the prior's proxy accuracy by grid target
         self.reconstruction_batches = reconstruction_batches(splits, self.settings.reconstruct)
 
     PROXY_FIELDS = ("proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to", "reconstruct")
@@ -184,6 +186,14 @@ class PruningTask:
             return self._prior_at(lo)
         w = (target - lo) / step
         return (1 - w) * self._prior_at(lo) + w * self._prior_at(min(hi, 1.0))
+
+    def prior_baselines(self, low: float, high: float) -> dict[float, float]:
+        """Measure the prior's proxy accuracy at every grid target that interpolation over [low, high]
+        reads, and return them all (e.g. to hand to parallel workers, which then need not repeat them)."""
+        step = self.BASELINE_STEP
+        for k in range(math.floor(low / step + 1e-9), math.floor(high / step + 1e-9) + 2):
+            self._prior_at(min(k * step, 1.0))
+        return dict(self._baselines)
 
     def _prior_at(self, target: float) -> float:
         key = round(target, 4)
