@@ -41,7 +41,6 @@ Without ``dynamic_thresholds`` every channel of every layer is penalised (plain 
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Mapping
@@ -52,7 +51,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.utils import atomic_path
+from autoprune.utils import save_figure
 
 METHODS = ("bn-l1",)
 NEAR_ZERO = 1e-2  # a scale below this counts as (nearly) zero in the statistics
@@ -282,9 +281,4 @@ def plot_scale_distributions(before: nn.Module | Mapping[str, Any], after: nn.Mo
     bottom.grid(axis="y", alpha=0.3)
     bottom.set_xticks(x)
     bottom.set_xticklabels(names, rotation=90, fontsize=max(4, 8 - n // 20))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    save_figure(fig, path, dpi=110)

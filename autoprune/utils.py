@@ -40,6 +40,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:  # type: ignore[no-untyped-def]
+    """Lay out a matplotlib figure, write it as a PNG atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -60,26 +60,7 @@ def test_apply_makes_a_smaller_model_and_leaves_the_base_alone(spaces, name):
 def test_pruning_equals_zeroing_the_removed_channels(spaces, name):
     """The pruned model computes exactly what the dense model computes with those channels zeroed."""
     model, space = spaces[name]
-    strategy = np.random.default_rng(3).uniform(0.3, 0.9, space.num_groups)
-    removed = space.removed_channels(strategy, "l1")
-    modules = dict(model.named_modules())
-    handles = []
-    for (layer, is_out), idxs in removed.items():
-        if is_out and layer in modules:
-            def zero(module, inputs, output, idxs=idxs):
-                output = output.clone()
-                output[:, idxs] = 0
-                return output
-            handles.append(modules[layer].register_forward_hook(zero))
-    try:
-        with torch.no_grad():
-            expected = model(X)
-    finally:
-        for h in handles:
-            h.remove()
-    with torch.no_grad():
-        actual = space.apply(strategy, "l1").eval()(X)
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_pruning_equals_zeroing(model, space)
 
 
 @pytest.mark.parametrize("criterion", list_criteria())
@@ -286,25 +267,7 @@ def test_channel_shuffle_groups_are_excluded_and_the_rest_prunes_exactly():
     assert all("channel shuffle" in reason for reason in excluded.values())
     assert not roots & set(excluded)
     # what is pruned is exactly the dense model with those channels zeroed (no channel mixed up by the shuffle)
-    strategy = np.random.default_rng(3).uniform(0.3, 0.9, space.num_groups)
-    modules = dict(model.named_modules())
-    handles = []
-    for (layer, is_out), idxs in space.removed_channels(strategy).items():
-        if is_out and layer in modules:
-            def zero(module, inputs, output, idxs=idxs):
-                output = output.clone()
-                output[:, idxs] = 0
-                return output
-            handles.append(modules[layer].register_forward_hook(zero))
-    try:
-        with torch.no_grad():
-            expected = model(X)
-    finally:
-        for h in handles:
-            h.remove()
-    with torch.no_grad():
-        actual = space.apply(strategy).eval()(X)
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_pruning_equals_zeroing(model, space)
 
 
 class ShuffleNet(nn.Module):
@@ -329,3 +292,26 @@ def test_channels_through_a_shuffle_are_excluded_the_others_pruned():
     assert [g.root for g in space.groups] == ["b", "c"]
     assert [e.root for e in space.excluded] == ["a"]
     assert "channel shuffle" in space.excluded[0].reason and "view" in space.excluded[0].reason
+
+
+def assert_pruning_equals_zeroing(model, space, seed=3):
+    """The pruned model computes exactly what the dense model computes with the removed channels zeroed."""
+    strategy = np.random.default_rng(seed).uniform(0.3, 0.9, space.num_groups)
+    modules = dict(model.named_modules())
+    handles = []
+    for (layer, is_out), idxs in space.removed_channels(strategy).items():
+        if is_out and layer in modules:
+            def zero(module, inputs, output, idxs=idxs):
+                output = output.clone()
+                output[:, idxs] = 0
+                return output
+            handles.append(modules[layer].register_forward_hook(zero))
+    try:
+        with torch.no_grad():
+            expected = model(X)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        actual = space.apply(strategy).eval()(X)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)

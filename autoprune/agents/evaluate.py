@@ -32,7 +32,7 @@ from autoprune.pruning import count_params
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy, summarize
 from autoprune.task import PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from autoprune.utils import versions, write_text_atomic
+from autoprune.utils import save_figure, versions, write_text_atomic
 
 COLUMNS = ("method", "target", "achieved_flops_ratio", "params", "proxy_accuracy", "test_accuracy",
            "finetuned_test_accuracy", "finetuned_test_accuracy_std", "search_episodes", "search_seconds")
@@ -204,14 +204,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("test accuracy (%)" + (" after fine-tune" if key.startswith("finetuned") else ""))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    from autoprune.utils import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, config: dict[str, Any],

@@ -8,7 +8,6 @@ method, error bars). The architecture's name is the report's recorded base model
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.errors import AutopruneError
-from autoprune.utils import atomic_path, write_text_atomic
+from autoprune.utils import save_figure, write_text_atomic
 
 
 @dataclass
@@ -106,12 +105,7 @@ def figure(reports: Sequence[Report], path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 def write_cross_report(directories: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Report]:
