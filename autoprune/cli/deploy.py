@@ -71,12 +71,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.teacher and not recipe.distill:
         raise AutopruneError("--teacher is only used for distillation; drop --no-distill or drop --teacher")
     model, payload = load_model(args.model)
+    splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
     teacher_path = args.teacher or (payload["meta"].get("base_checkpoint") if recipe.distill else None)
     if recipe.distill and not (teacher_path and Path(teacher_path).is_file()):
         raise AutopruneError("distillation (the default recipe) needs the unpruned model: pass --teacher BASE.pt "
                              "(the model the pruned one came from), or --no-distill")
     teacher = load_model(teacher_path)[0] if recipe.distill else None
-    splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
     seed_everything(args.seed)
     print(f"fine-tuning {args.model} ({payload['arch']}) on {splits.train.name} for {recipe.epochs} epochs "
           f"({recipe.schedule}, lr {recipe.lr:g})" + (f", distilling from {teacher_path}" if teacher is not None else ""))
