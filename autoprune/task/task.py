@@ -54,13 +54,15 @@ class PruningTask:
     :param source: what the task was built from (architecture, classes, checkpoint path), for records.
     :param baselines: the prior's proxy accuracies already measured (``prior_baselines``) on the same
         model, data and settings.
+    :param proxy: an ``AccuracyProxy`` (and its cache) to share, built with the same proxy settings.
     """
 
     BASELINE_STEP = 0.05  # spacing of the targets where the prior's proxy accuracy is measured
 
     def __init__(self, model: nn.Module, splits: DataSplits, settings: PruningSettings | None = None, *,
                  space: PruningSpace | None = None, scores: Sequence[np.ndarray] | None = None,
-                 source: dict[str, Any] | None = None, baselines: dict[float, float] | None = None) -> None:
+                 source: dict[str, Any] | None = None, baselines: dict[float, float] | None = None,
+                 proxy: AccuracyProxy | None = None) -> None:
         self.settings = settings or PruningSettings()
         self.model = model.eval()
         self.splits = splits
@@ -71,13 +73,16 @@ class PruningTask:
             raise AutopruneError(f"the shared pruning space rounds to {self.space.round_to} channels but the settings "
                                  f"ask for {self.settings.round_to}")
         # Importance is a property of the base model: computed once, not per episode.
-        self.scores = list(scores) if scores is not None else self.space.importance(
+        if scores is not None and not isinstance(scores, list):
+            scores = list(scores)
+        self.scores = scores if scores is not None else self.space.importance(
             self.settings.criterion, importance_data(splits))
-        self.proxy = AccuracyProxy(splits, self.settings.proxy_images, self.settings.adaptive_bn,
-                                   self.settings.calib_batches, finetune_steps=self.settings.proxy_steps)
+        self.proxy = proxy or AccuracyProxy(splits, self.settings.proxy_images, self.settings.adaptive_bn,
+                                            self.settings.calib_batches, finetune_steps=self.settings.proxy_steps)
         self.prior = make_prior(self.settings.prior, self.space, self.settings.min_keep, self.scores)
         self.floor = self.space.min_flops_ratio(self.settings.min_keep)
-        self._baselines: dict[float, float] = dict(baselines or {})  # the prior's proxy accuracy by grid target
+        # the prior's proxy accuracy by grid target; a dict handed in is shared, so measurements add to it
+        self._baselines: dict[float, float] = baselines if baselines is not None else {}
         self.reconstruction_batches = reconstruction_batches(splits, self.settings.reconstruct)
 
     PROXY_FIELDS = ("proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to", "reconstruct")
@@ -88,18 +93,11 @@ class PruningTask:
         settings = self.settings.replace(**changes)
         if settings.round_to != self.settings.round_to or settings.criterion != self.settings.criterion:
             return PruningTask(self.model, self.splits, settings, source=self.source)
-        task = PruningTask.__new__(PruningTask)
-        task.__dict__.update(self.__dict__)
-        task.settings = settings
-        if any(getattr(settings, f) != getattr(self.settings, f) for f in self.PROXY_FIELDS):
-            task.proxy = AccuracyProxy(self.splits, settings.proxy_images, settings.adaptive_bn, settings.calib_batches,
-                                       finetune_steps=settings.proxy_steps)
-        task.prior = make_prior(settings.prior, self.space, settings.min_keep, self.scores)
-        task.reconstruction_batches = reconstruction_batches(self.splits, settings.reconstruct)
-        task.floor = self.space.min_flops_ratio(settings.min_keep)
-        task._baselines = {} if (settings.prior, settings.min_keep, settings.fill_budget, task.proxy) != (
-            self.settings.prior, self.settings.min_keep, self.settings.fill_budget, self.proxy) else self._baselines
-        return task
+        same_proxy = all(getattr(settings, f) == getattr(self.settings, f) for f in self.PROXY_FIELDS)
+        same_prior = same_proxy and all(getattr(settings, f) == getattr(self.settings, f)
+                                        for f in ("prior", "min_keep", "fill_budget"))
+        return PruningTask(self.model, self.splits, settings, space=self.space, scores=self.scores, source=self.source,
+                           proxy=self.proxy if same_proxy else None, baselines=self._baselines if same_prior else None)
 
     # ------------------------------------------------------------------ factories
     @classmethod
