@@ -33,11 +33,17 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, arch: str, num_classes: int, meta: dict[str, Any] | None = None,
-               in_channels: int = 3) -> None:
-    """Write ``model`` to ``path`` atomically with its architecture, channel counts and metadata."""
+               in_channels: int = 3, half: bool = False) -> None:
+    """Write ``model`` to ``path`` atomically with its architecture, channel counts and metadata.
+
+    ``half`` stores float32 tensors as float16 (half the file; e.g. for VGG-16, 59 MB in float32);
+    ``load_model`` returns float32 either way."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
     payload = {
         "format": FORMAT,
+        "stored_dtype": "float16" if half else "float32",
         "arch": arch,
         "num_classes": int(num_classes),
         "in_channels": int(in_channels),

@@ -36,6 +36,15 @@ def calibration_batches(train: ImageDataset, batches: int = CALIBRATION_BATCHES,
     return [x for x, _ in loader]
 
 
+def reconstruction_batches(splits: DataSplits, images: int) -> list[torch.Tensor] | None:
+    """``images`` training images drawn once with a fixed seed (batches of up to 128) for least-squares
+    reconstruction; None for 0."""
+    if images <= 0:
+        return None
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:images]
+    return [x for x, _ in BatchLoader(splits.train.subset(order), 128)]
+
+
 @dataclass(frozen=True)
 class FinetuneRecipe:
     """How a pruned model is fine-tuned: the same for ``prune``, ``finetune`` and ``evaluate``."""

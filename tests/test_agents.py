@@ -385,3 +385,13 @@ def test_a_transferable_policy_prunes_another_architecture_only_with_transfer(tr
                  "--out", str(report)]) == 0
     rows = json.loads((report / "results.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"policy", "uniform"} and all(in_budget(r["achieved_flops_ratio"], r["target"]) for r in rows)
+
+
+def test_every_baseline_is_listed_with_a_summary(capsys):
+    from autoprune.agents.baselines import SEARCHERS
+    from autoprune.cli import main
+
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    for name in list_searchers():
+        assert SEARCHERS.get(name).summary and f"{name} " in listed

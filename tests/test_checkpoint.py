@@ -61,3 +61,23 @@ def test_metadata_with_odd_types_still_loads_safely(tmp_path):
     save_model(tmp_path / "m.pt", model, "smallcnn", 10, {"torch": torch.__version__, "acc": np.float64(0.5), "shape": (3, 32, 32)})
     _, payload = load_model(tmp_path / "m.pt")
     assert payload["meta"] == {"torch": str(torch.__version__), "acc": 0.5, "shape": [3, 32, 32]}
+
+
+def test_half_precision_file_is_smaller_and_loads_as_float32(tmp_path, trained_small, capsys):
+    from autoprune.cli import main
+
+    _, path = trained_small
+    out = tmp_path / "half.pt"
+    assert main(["convert", str(path), "--half", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "with float16 weights" in printed
+    assert out.stat().st_size < 0.6 * path.stat().st_size
+    full, _ = load_model(path)
+    half, payload = load_model(out)
+    assert payload["stored_dtype"] == "float16" and payload["meta"]["converted_from"] == str(path)
+    assert all(p.dtype == torch.float32 for p in half.state_dict().values() if p.is_floating_point())
+    for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
+        if a.is_floating_point():  # the float16 rounding, no more
+            torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=name)
+    assert main(["convert", str(path), "--out", str(tmp_path / "same.pt")]) == 2
+    assert not (tmp_path / "same.pt").exists()

@@ -119,3 +119,94 @@ def test_shaped_strategy_refuses_unknown_shapes(space):
         shaped_strategy(space, "diagonal", 0.5)
     with pytest.raises(ValueError, match="budget fill"):
         shaped_strategy(space, "early", 0.5, fill=False)
+
+
+# ------------------------------------------------------------------ fidelity_data and score_proxies (issue #13)
+@pytest.fixture
+def one_thread():
+    """The scripts set torch's threads; put them back for the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tmp_path, monkeypatch, one_thread):
+    import json
+
+    from experiments import fidelity_data, score_proxies
+
+    _, checkpoint = trained_small
+    out = tmp_path / "fidelity.json"
+    cfg = fidelity_data.Config(checkpoint=str(checkpoint), data_dir="", policy="", sources=["global", "uniform", "ga"],
+                               search_episodes=16, per_target=3, proxy_images=100, finetune_images=200, threads=1,
+                               out=str(out), limit=2)
+    calls = []
+    real = fidelity_data.finetuned_test_accuracy
+    monkeypatch.setattr(fidelity_data, "finetuned_test_accuracy",
+                        lambda job, *args, **kwargs: calls.append(job[1]) or real(job, *args, **kwargs))
+    fidelity_data.main(cfg)
+    first = json.loads(out.read_text())["results"]
+    rows = first["strategies"]
+    assert len(calls) == 4 and out.with_suffix(".md").is_file()  # 2 strategies x seeds 0 and 1
+    assert len(rows) >= 6 and {r["target"] for r in rows} == {0.3, 0.5, 0.7}
+    for target in (0.3, 0.5, 0.7):
+        counts = [tuple(r["kept_channels"]) for r in rows if r["target"] == target]
+        assert len(counts) == len(set(counts))  # deduplicated by kept-channel counts
+    for r in rows:
+        assert {"id", "target", "source", "keep_ratios", "kept_channels", "flops_ratio", "test_accuracy", "finetuned",
+                "finetuned_test_accuracy"} <= set(r)
+        assert r["target"] - 0.02 - 1e-9 <= r["flops_ratio"] <= r["target"] + 1e-12
+    done = [r for r in rows if r["finetuned"]]
+    assert [r["target"] for r in done] == [0.3, 0.5]  # the targets in turn
+    for r in done:
+        assert set(r["finetuned"]) == {"0", "1"} and 0 <= r["test_accuracy"] <= 100
+        assert r["finetuned_test_accuracy"] == pytest.approx(np.mean(list(r["finetuned"].values())))
+
+    partial = score_proxies.Config(data=str(out), proxies=["bn"], proxy_images=100, data_dir="", threads=1,
+                                   out_dir=str(tmp_path), name="partial")
+    score_proxies.main(partial)
+    assert json.loads((tmp_path / "partial.json").read_text())["results"]["strategies_used"] == 2
+
+    calls.clear()
+    resumed = dataclasses.replace(cfg, limit=0, resume=True, sources=["uniform"], per_target=1)  # generation is not redone
+    fidelity_data.main(resumed)
+    after = json.loads(out.read_text())["results"]["strategies"]
+    assert len(calls) == 2 * (len(rows) - 2)
+    assert [(r["id"], r["kept_channels"]) for r in after] == [(r["id"], r["kept_channels"]) for r in rows]
+    assert [r["finetuned"] for r in after if r["id"] in {d["id"] for d in done}] == [r["finetuned"] for r in done]
+    assert all(set(r["finetuned"]) == {"0", "1"} for r in after)
+    calls.clear()
+    fidelity_data.main(resumed)
+    assert calls == []
+    with pytest.raises(SystemExit, match="--resume"):
+        fidelity_data.main(dataclasses.replace(cfg, resume=False))
+
+    scored = score_proxies.Config(data=str(out), proxies=["bn", "recon-bn", "distill:steps=5,lr=0.02"],
+                                  proxy_images=100, data_dir="", threads=1, out_dir=str(tmp_path), name="scores")
+    score_proxies.main(scored)
+    report = json.loads((tmp_path / "scores.json").read_text())["results"]
+    assert report["strategies_used"] == len(rows) and (tmp_path / "scores.md").is_file()
+    assert [p["proxy"] for p in report["proxies"]] == scored.proxies
+    assert report["proxies"][0]["relative_cost"] == pytest.approx(1.0)
+    assert report["proxies"][2]["steps"] == 5 and report["proxies"][1]["reconstruct_images"] > 0
+    rhos = [t["spearman"] for p in report["proxies"] for t in p["per_target"].values()]
+    assert any(rho is not None for rho in rhos)
+    assert all(-1 <= rho <= 1 for rho in rhos if rho is not None)
+    for p in report["proxies"]:
+        assert all(0 <= t["picks_best"] <= 1 and t["gap"] >= 0 for t in p["per_target"].values())
+        assert all(0 <= report["scores"][r["id"]][p["proxy"]] <= 1 for r in rows)
+
+
+def test_score_proxies_reads_proxy_specs():
+    from autoprune import AutopruneError
+    from experiments.score_proxies import parse_spec
+
+    assert parse_spec("bn") == ("bn", {})
+    assert parse_spec("recon-distill:steps=400,lr=0.02,recon=512") == (
+        "recon-distill", {"finetune_steps": 400, "finetune_lr": 0.02, "reconstruct_images": 512})
+    with pytest.raises(AutopruneError, match="unknown proxy"):
+        parse_spec("distil:steps=3")
+    with pytest.raises(AutopruneError, match="key=value"):
+        parse_spec("distill:epochs=3")
+    with pytest.raises(AutopruneError, match="not a int"):
+        parse_spec("distill:steps=many")

@@ -56,10 +56,13 @@ class ProxyStandIn(gym.Env):
         self.t += 1
         if self.t < LENGTH:
             return self._obs(), 0.0, False, False, {}
+        slept = time.time()
         time.sleep(self.last_step_sleep)
+        slept = (slept, time.time())
         achieved = float(np.mean(self.keep))
         proxy = 1.0 - abs(achieved - self.target) + float(self.table[int(achieved * (len(self.table) - 1))])
-        info = {"target": self.target, "achieved_flops_ratio": achieved, "proxy_accuracy": proxy, "strategy": self.keep}
+        info = {"target": self.target, "achieved_flops_ratio": achieved, "proxy_accuracy": proxy, "strategy": self.keep,
+                "slept": slept}
         return self._obs(), proxy, True, False, info
 
 
@@ -210,30 +213,23 @@ def test_killed_worker_is_replaced_and_its_episode_replayed(venv, reference, tmp
     assert rows == reference  # the replay reproduces the lost episodes exactly
 
 
-def test_two_workers_beat_serial(venv):
-    episodes, sleep = 8, 0.25
-    env = ProxyStandIn(TABLE, sleep)
-    env.reset(seed=0)
-    t0 = time.perf_counter()
-    for _ in range(episodes):
-        for _ in range(LENGTH):
-            env.step(np.zeros(1, dtype=np.float32))
-        env.reset()
-    serial = time.perf_counter() - t0
-
-    venv.set_attr("last_step_sleep", sleep)
+def test_two_workers_run_their_proxies_at_once(venv):
+    # concurrency, not speed (timings belong to experiments/bench_parallel_search.py): the two workers'
+    # last steps -- the proxy evaluations -- overlap in time at every vector step that ends episodes
+    venv.set_attr("last_step_sleep", 0.2)
     try:
         venv.seed(0)
         venv.reset()
-        t0 = time.perf_counter()
-        for _ in range(episodes // 2):
+        overlaps = []
+        for _ in range(2):
             for _ in range(LENGTH):
-                venv.step(np.zeros((2, 1), dtype=np.float32))
-        parallel = time.perf_counter() - t0
+                _, _, dones, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
+            assert dones.all()
+            (a0, a1), (b0, b1) = (info["slept"] for info in infos)
+            overlaps.append(min(a1, b1) - max(a0, b0))
     finally:
         venv.set_attr("last_step_sleep", 0.05)
-    print(f"\n{episodes} episodes: serial {serial:.2f} s, 2 Ray workers {parallel:.2f} s ({parallel / serial:.2f}x)")
-    assert parallel < 0.75 * serial
+    assert all(o > 0.1 for o in overlaps), overlaps  # most of each 0.2 s proxy ran beside the other
 
 
 def test_unreachable_cluster_is_a_clear_error():

@@ -87,3 +87,21 @@ def test_bf16_training_learns_and_keeps_float32_weights(digits):
 def test_unknown_precision_is_refused():
     with pytest.raises(AutopruneError, match="unknown precision 'fp16'"):
         TrainConfig(precision="fp16")
+
+
+def test_training_device_is_checked_and_the_model_comes_back_on_the_cpu(digits, capsys):
+    from autoprune.training import set_training_device, training_device
+
+    assert main(["--device", "tpu", "models"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["--device", "cuda", "models"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    try:
+        device = set_training_device("auto")
+        model = _fresh()
+        fit(model, digits, TrainConfig(epochs=1, batch_size=64, max_batches_per_epoch=2), progress=False, log=lambda s: None)
+        assert training_device() == device
+        assert all(p.device.type == "cpu" for p in model.parameters())
+    finally:
+        set_training_device("cpu")

@@ -17,44 +17,29 @@ sensitivity per-group sensitivity (proxy drop when only that group is halved), k
            so that sensitive groups keep more, scaled to meet the target
 amc        AMC (He et al. 2018): a DDPG search in the same environment with the target fixed, one
            search per target; the best strategy it explored
+slimming   Network Slimming (Liu et al. 2017): one global threshold on the raw BatchNorm scales |gamma|
+           of all groups, met by bisection; within each group the smallest |gamma| go
+elasticity filter elasticity (2024): per-group dynamic floors (``autoprune.sparsity``'s per-layer
+           thresholds protect channels), then a global Taylor ranking above the floors
+gradient-threshold
+           adaptive thresholds (2022): each group's preferred keep ratio at the knee of its curve
+           "fraction of channels kept vs threshold" on gradient importance, one global scale on them
+tp-global  Torch-Pruning's own global pruning (MagnitudeImportance, global_pruning=True), its pruning
+           ratio bisected to the target; torch-pruning chooses the channels and prunes the model itself
 ========== ==============================================================================================
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from autoprune.registry import Registry
+from autoprune.agents import thresholds  # noqa: F401 -- registers slimming, elasticity, gradient-threshold, tp-global
+from autoprune.agents.searcher import SEARCHERS, Searcher, SearchResult
 from autoprune.task import PruningTask
 
-
-@dataclass
-class SearchResult:
-    strategy: np.ndarray
-    proxy_accuracy: float
-    episodes: int  # proxy evaluations spent
-    seconds: float
-
-
-class Searcher:
-    """Finds a strategy for one target. ``episodes`` is the budget of proxy evaluations."""
-
-    name = "base"
-
-    def search(self, task: PruningTask, target: float, episodes: int = 100, seed: int = 0) -> SearchResult:
-        t0 = time.perf_counter()
-        strategy, spent = self._search(task, target, episodes, np.random.default_rng(seed))
-        return SearchResult(strategy, task.score(strategy), spent, time.perf_counter() - t0)
-
-    def _search(self, task: PruningTask, target: float, episodes: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        raise NotImplementedError
-
-
-SEARCHERS: Registry[type[Searcher]] = Registry("baseline")
+__all__ = ["SEARCHERS", "SearchResult", "Searcher", "create_searcher", "list_searchers"]
 
 
 def create_searcher(name: str) -> Searcher:
@@ -67,6 +52,10 @@ def list_searchers() -> list[str]:
 
 @SEARCHERS.register("uniform")
 class Uniform(Searcher):
+    """One keep ratio for every group: the largest that meets the target (leftover budget filled)."""
+
+    summary = "one keep ratio for every group, the largest meeting the target"
+
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
         strategy = task.space.uniform(target, task.settings.min_keep)
         # with coarse rounding (round_to=8 on 16-channel groups) one shared ratio can land far under the
@@ -76,6 +65,10 @@ class Uniform(Searcher):
 
 @SEARCHERS.register("global")
 class GlobalRanking(Searcher):
+    """Global channel ranking: the least important channels anywhere (scores normalised per group) go first."""
+
+    summary = "global ranking of channel importance (scores normalised per group)"
+
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
         return task.space.global_ranking(target, task.scores, task.settings.min_keep), 0
 
@@ -90,6 +83,10 @@ class ActionSearcher(Searcher):
 
 @SEARCHERS.register("random")
 class RandomSearch(ActionSearcher):
+    """The best on the proxy of N random strategies (random actions through the action wall)."""
+
+    summary = "best of N random strategies on the proxy"
+
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
         best = (-1.0, task.space.uniform(target, task.settings.min_keep))
         for _ in range(max(episodes, 1)):
@@ -99,6 +96,10 @@ class RandomSearch(ActionSearcher):
 
 @SEARCHERS.register("ga")
 class GeneticAlgorithm(ActionSearcher):
+    """A genetic algorithm over action vectors (elitism, tournaments, uniform crossover, Gaussian mutation)."""
+
+    summary = "genetic algorithm over action vectors, scored on the proxy"
+
     population = 16
     elite = 2
     mutation_sigma = 0.2
@@ -129,6 +130,10 @@ class GeneticAlgorithm(ActionSearcher):
 
 @SEARCHERS.register("sensitivity")
 class Sensitivity(Searcher):
+    """Per-group sensitivity (proxy drop when only that group is halved): sensitive groups keep more."""
+
+    summary = "per-group sensitivity on the proxy; sensitive groups keep more"
+
     probe_keep = 0.5
 
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
@@ -152,7 +157,9 @@ class Sensitivity(Searcher):
 
 @SEARCHERS.register("amc")
 class AMC(Searcher):
-    """One DDPG search per target in the same task with the target fixed and AMC's accuracy reward."""
+    """AMC (He et al. 2018): one DDPG search per target in the same task with the target fixed and AMC's accuracy reward."""
+
+    summary = "AMC (He et al. 2018): one DDPG search per target"
 
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
         from autoprune.agents.conditional import SearchConfig, search

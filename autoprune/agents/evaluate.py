@@ -27,6 +27,7 @@ import torch.nn as nn
 from autoprune.agents.baselines import create_searcher
 from autoprune.agents.parallel import parallel_map
 from autoprune.agents.policy import ConditionalPolicy
+from autoprune.agents.searcher import SearchResult
 from autoprune.errors import AutopruneError
 from autoprune.pruning import count_params
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy, summarize
@@ -73,7 +74,7 @@ def evaluate_methods(
     rows = list(done)
     finished = {(r["method"], round(r["target"], 6)) for r in rows}
     calib = calibration_batches(splits.train, seed=seed)
-    methods: list[tuple[str, Callable[[float], tuple[np.ndarray, int, float]]]] = []
+    methods: list[tuple[str, Callable[[float], SearchResult]]] = []
     query_seconds: dict[float, float] = {}
     if policy is not None:
         if policy.space is None:
@@ -81,7 +82,7 @@ def evaluate_methods(
         search_episodes = int(policy.meta.get("episodes", 0))
         search_seconds = float(policy.meta.get("search_seconds", 0.0))
 
-        def query(t: float) -> tuple[np.ndarray, int, float]:
+        def query(t: float) -> SearchResult:
             """The strategy at ``t`` and what finding it cost: the one search is charged to the first
             target's row only (it serves all of them), the best-of-K scoring to every row."""
             t0 = time.perf_counter()
@@ -92,15 +93,15 @@ def evaluate_methods(
             key = round(t, 6)
             query_seconds[key] = time.perf_counter() - t0
             first = key == round(float(targets[0]), 6)
-            return strategy, scored + (search_episodes if first else 0), query_seconds[key] + (search_seconds if first else 0.0)
+            return SearchResult(strategy, float("nan"), scored + (search_episodes if first else 0),
+                                query_seconds[key] + (search_seconds if first else 0.0))
 
         methods.append(("policy", query))
     for name in baselines:
         searcher = create_searcher(name)
 
-        def run(t: float, searcher=searcher) -> tuple[np.ndarray, int, float]:  # type: ignore[no-untyped-def]
-            r = searcher.search(task, t, baseline_episodes, seed)
-            return r.strategy, r.episodes, r.seconds
+        def run(t: float, searcher=searcher) -> SearchResult:  # type: ignore[no-untyped-def]
+            return searcher.search(task, t, baseline_episodes, seed)
 
         methods.append((name, run))
     tune = partial(finetuned_test_accuracy, splits=splits, recipe=recipe, teacher=task.model)
@@ -110,11 +111,13 @@ def evaluate_methods(
         for name, find in methods:
             if (name, round(float(target), 6)) in finished:
                 continue
-            strategy, episodes, seconds = find(target)
-            pruned = task.apply(strategy)
+            found = find(target)
+            strategy, episodes, seconds = found.strategy, found.episodes, found.seconds
+            proxy = task.score(strategy) if found.model is None else found.proxy_accuracy
+            pruned = found.pruned(task)
             recalibrate_bn(pruned, calib)
             row = {"method": name, "target": float(target), "achieved_flops_ratio": space.flops_ratio(strategy),
-                   "params": count_params(pruned), "proxy_accuracy": task.score(strategy),
+                   "params": count_params(pruned), "proxy_accuracy": proxy,
                    "test_accuracy": evaluate(pruned, splits.test), "finetuned_test_accuracy": None,
                    "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist(),
                    "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be

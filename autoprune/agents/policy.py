@@ -5,6 +5,13 @@ A policy directory holds ``policy.json`` (metadata: base model fingerprint, grou
 bin), ``policy.pt`` (the network weights) and ``importance.pt`` (the channel importance scores the
 search ranked channels by, so that a query prunes the same channels without data even for a
 data-dependent criterion); both load with ``weights_only=True``. Resumable search state lives in ``resume/``.
+
+A policy searched on several base models (``search`` with several checkpoints) records each in
+``bases`` (fingerprint, architecture, checkpoint, groups, input shape, data set, episodes, best strategy
+per target bin); the top-level keys (``base_fingerprint``, ``arch``, ``groups``, ``checkpoint``,
+``best_per_target_bin``, ...) describe the first, as a single-model policy's do, and the importance
+scores of base ``i > 0`` are in ``importance-{i}.pt``. The policy binds to any of its bases without
+``transfer``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,22 @@ from autoprune.task.observation import make_observation
 
 POLICY_FORMAT = "autoprune.policy/1"
 IMPORTANCE_FILE = "importance.pt"
+
+
+def importance_file(base: int) -> str:
+    """The file of base model ``base``'s importance scores in a policy directory."""
+    return IMPORTANCE_FILE if base == 0 else f"importance-{base}.pt"
+
+
+def policy_bases(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The base models a policy was searched on, in search order: ``meta["bases"]`` for a search on
+    several, else the one the top-level keys describe (same record layout)."""
+    if meta.get("bases"):
+        return list(meta["bases"])
+    return [{"fingerprint": meta["base_fingerprint"], "arch": meta.get("arch"), "num_classes": meta.get("num_classes"),
+             "checkpoint": meta.get("checkpoint"), "groups": meta["groups"], "input_shape": meta.get("input_shape"),
+             "dataset": meta.get("dataset"), "val_size": meta.get("val_size"),
+             "best_per_target_bin": meta.get("best_per_target_bin", {})}]
 
 
 class _SpacesOnly(gym.Env):
@@ -66,11 +89,18 @@ class ConditionalPolicy:
     """
 
     def __init__(self, network: Any, meta: dict[str, Any], space: PruningSpace | None = None,
-                 scores: Sequence[np.ndarray] | None = None) -> None:
+                 scores: Sequence[np.ndarray] | None = None,
+                 base_scores: Sequence[Sequence[np.ndarray] | None] | None = None) -> None:
         self.network = network
         self.meta = meta
         self.space: PruningSpace | None = None
         self.scores: list[np.ndarray] | None = list(scores) if scores is not None else None
+        # the saved importance scores of every base model (``policy_bases`` order; ``scores`` are the first's)
+        count = len(policy_bases(meta))
+        saved = list(base_scores) if base_scores is not None else [self.scores]
+        self._saved_scores: list[list[np.ndarray] | None] = [
+            None if s is None else list(s) for s in (saved + [None] * count)[:count]]
+        self.base: int | None = None  # index of the base model bound (None: unbound or transferred)
         self._transferred = False
         if space is not None:
             self.bind(space)
@@ -98,23 +128,37 @@ class ConditionalPolicy:
         ``scores`` are the importance scores to rank channels by (default: those saved with the
         policy, else computed for its criterion, on ``data`` where the criterion needs it)."""
         fp = model_fingerprint or fingerprint(space.model)
-        foreign = group_signature(space) != self.meta["groups"] or fp != self.meta["base_fingerprint"]
-        if foreign and not transfer:
-            if group_signature(space) != self.meta["groups"]:
+        signature = group_signature(space)
+        bases = policy_bases(self.meta)
+        base = next((i for i, b in enumerate(bases) if b["fingerprint"] == fp and b["groups"] == signature), None)
+        if base is None and not transfer:
+            same_shape = [b for b in bases if b["groups"] == signature]
+            if len(bases) == 1 and not same_shape:
                 raise AutopruneError(
                     f"this policy was trained for a {self.meta.get('arch', '?')} with {len(self.meta['groups'])} channel "
                     f"groups; the given model has {space.num_groups} groups of other shapes: pass --transfer to apply it "
                     "to another architecture, or train a policy for it with `autoprune search`")
+            if len(bases) == 1:
+                raise AutopruneError(
+                    f"this policy was trained for base model {self.meta['base_fingerprint']} but the given model's "
+                    f"weights differ ({fp}): use the checkpoint the search used, pass --transfer to apply it anyway, "
+                    "or search again")
+            searched = ", ".join(f"{b.get('arch', '?')} {b['fingerprint']}" for b in bases)
+            what = ("its weights differ" if same_shape
+                    else f"its {space.num_groups} channel groups match none of theirs")
             raise AutopruneError(
-                f"this policy was trained for base model {self.meta['base_fingerprint']} but the given model's weights "
-                f"differ ({fp}): use the checkpoint the search used, pass --transfer to apply it anyway, or search again")
-        self._transferred = foreign
+                f"this policy was trained for the base models {searched}, and the given model ({fp}) is none of them "
+                f"({what}): pass --transfer to apply it anyway, or search a policy that includes it")
+        self._transferred = base is None
+        self.base = base
         criterion = self.settings.criterion
-        if scores is None and not foreign:
-            scores = self.scores
+        if scores is None and base is not None:
+            scores = self._saved_scores[base]
         if scores is not None:
             space.set_importance(criterion, scores)
         self.scores = space.importance(criterion, data)
+        if base is not None and self._saved_scores[base] is None:
+            self._saved_scores[base] = self.scores
         self.space = space
         return self
 
@@ -164,7 +208,8 @@ class ConditionalPolicy:
         candidates = self.rollouts(target, max(k, 1), seed=seed, allow_extrapolation=allow_extrapolation)
         assert self.space is not None
         settings = self.settings
-        found_by_search = {} if self.transferred else self.meta.get("best_per_target_bin", {})  # other groups when transferred
+        # other groups when transferred; a search on several models found strategies for each
+        found_by_search = {} if self.base is None else policy_bases(self.meta)[self.base].get("best_per_target_bin", {})
         for found in found_by_search.values():
             strategy = np.asarray(found["strategy"])
             if target - settings.tolerance <= self.space.flops_ratio(strategy) <= target + 1e-12:
@@ -179,7 +224,8 @@ class ConditionalPolicy:
         """Prune ``model`` (the policy's base model, or with ``transfer`` another one) for ``target``;
         returns a new, smaller model."""
         if self.space is None or self.space.model is not model:
-            self.bind(policy_space(model, self.meta), fingerprint(model), data=data, transfer=transfer)
+            fp = fingerprint(model)
+            self.bind(policy_space(model, self.meta, model_fingerprint=fp), fp, data=data, transfer=transfer)
         assert self.space is not None
         return self.space.apply(self.strategy(target, allow_extrapolation), self.settings.criterion)
 
@@ -189,21 +235,27 @@ class ConditionalPolicy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch_save_atomic({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, directory / "policy.pt")
-        if self.scores is not None:
-            torch_save_atomic({"criterion": self.settings.criterion,
-                               "scores": [torch.as_tensor(np.asarray(s, dtype=np.float64)) for s in self.scores]},
-                              directory / IMPORTANCE_FILE)
+        for base, scores in enumerate(self._saved_scores):
+            if scores is not None:
+                torch_save_atomic({"criterion": self.settings.criterion,
+                                   "scores": [torch.as_tensor(np.asarray(s, dtype=np.float64)) for s in scores]},
+                                  directory / importance_file(base))
         write_json(directory / "policy.json", self.meta)
 
 
-def policy_space(model: nn.Module, meta: dict[str, Any], input_shape: Sequence[int] | None = None) -> PruningSpace:
-    """The pruning space a policy sees on ``model`` (inputs shaped as the policy's data, or ``input_shape``)."""
+def policy_space(model: nn.Module, meta: dict[str, Any], input_shape: Sequence[int] | None = None,
+                 model_fingerprint: str | None = None) -> PruningSpace:
+    """The pruning space a policy sees on ``model`` (inputs shaped as the policy's data -- for a policy of
+    several base models, that of the base with the model's fingerprint -- or ``input_shape``)."""
+    if input_shape is None and meta.get("bases"):
+        fp = model_fingerprint or fingerprint(model)
+        input_shape = next((b.get("input_shape") for b in meta["bases"] if b["fingerprint"] == fp), None)
     return PruningSpace(model, torch.zeros(1, *(input_shape or meta["input_shape"])),
                         round_to=PruningSettings.from_policy_meta(meta).round_to)
 
 
-def _load_scores(directory: Path, criterion: str) -> list[np.ndarray] | None:
-    path = directory / IMPORTANCE_FILE
+def _load_scores(directory: Path, criterion: str, base: int = 0) -> list[np.ndarray] | None:
+    path = directory / importance_file(base)
     if not path.is_file():
         return None  # saved before scores were stored: they are recomputed for the criterion
     try:
@@ -215,14 +267,8 @@ def _load_scores(directory: Path, criterion: str) -> list[np.ndarray] | None:
         raise AutopruneError(f"{path} is damaged ({str(exc).splitlines()[0][:120] or exc.__class__.__name__})") from None
 
 
-def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-                model: nn.Module | None = None, data: Any = None, transfer: bool = False,
-                input_shape: Sequence[int] | None = None) -> ConditionalPolicy:
-    """Load a policy directory; bind it to ``model`` / ``checkpoint`` (default: the search's checkpoint, if present).
-
-    ``data`` (training batches) is needed only for an old policy of a data-dependent criterion saved
-    without its importance scores, or to transfer one to another model. ``transfer=True`` binds the
-    policy to a model it was not searched on (see ``ConditionalPolicy.bind``)."""
+def read_policy(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A policy directory's checked metadata (``policy.json``) and network weights (``policy.pt``)."""
     directory = Path(directory)
     meta_path, weights_path = directory / "policy.json", directory / "policy.pt"
     if not meta_path.is_file() or not weights_path.is_file():
@@ -238,16 +284,33 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
     if meta.get("agent") not in ALGORITHM_CLASSES:
         raise AutopruneError(f"{meta_path} names an unknown agent {meta.get('agent')!r}")
     try:
-        settings = PruningSettings.from_policy_meta(meta)
+        PruningSettings.from_policy_meta(meta)
     except (AutopruneError, TypeError) as exc:
         raise AutopruneError(f"{meta_path} holds invalid settings: {exc}") from None
+    return meta, state
+
+
+def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+                model: nn.Module | None = None, data: Any = None, transfer: bool = False,
+                input_shape: Sequence[int] | None = None) -> ConditionalPolicy:
+    """Load a policy directory; bind it to ``model`` / ``checkpoint`` (default: the search's checkpoint --
+    the first base model's --, if present). Any base model the policy was searched on binds as it is.
+
+    ``data`` (training batches) is needed only for an old policy of a data-dependent criterion saved
+    without its importance scores, or to transfer one to another model. ``transfer=True`` binds the
+    policy to a model it was not searched on (see ``ConditionalPolicy.bind``)."""
+    directory = Path(directory)
+    meta, state = read_policy(directory)
+    weights_path = directory / "policy.pt"
+    settings = PruningSettings.from_policy_meta(meta)
     network = build_network(meta["agent"], settings.observation)
     try:
         network.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
         raise AutopruneError(f"{weights_path} does not match a {meta['agent']} policy: {str(exc).splitlines()[0][:160]}") from None
     network.set_training_mode(False)
-    policy = ConditionalPolicy(network, meta, scores=_load_scores(directory, settings.criterion))
+    base_scores = [_load_scores(directory, settings.criterion, i) for i in range(len(policy_bases(meta)))]
+    policy = ConditionalPolicy(network, meta, scores=base_scores[0], base_scores=base_scores)
     if model is None and checkpoint is None and meta.get("checkpoint") and Path(meta["checkpoint"]).is_file():
         checkpoint = meta["checkpoint"]
     if checkpoint is not None:
@@ -255,5 +318,6 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | os.PathLike | No
 
         model = load_model(checkpoint)[0]
     if model is not None:
-        policy.bind(policy_space(model, meta, input_shape), fingerprint(model), data=data, transfer=transfer)
+        fp = fingerprint(model)
+        policy.bind(policy_space(model, meta, input_shape, fp), fp, data=data, transfer=transfer)
     return policy

@@ -26,6 +26,8 @@ def _threads(n: int | None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Conditional automated channel pruning of CNNs.")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="where training and fine-tuning steps run: cpu, cuda or auto "
+                                                         "(cuda when available); everything else runs on the CPU")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _threads(args.threads)
     try:
+        from autoprune.training import set_training_device
+
+        set_training_device(args.device)
         COMMANDS[args.command](args)
         return 0
     except AutopruneError as exc:

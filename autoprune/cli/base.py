@@ -47,8 +47,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="per-layer channels, FLOPs and parameters of a model file, against its dense architecture")
     p.add_argument("model", help="an autoprune model file (.pt)")
 
+    p = sub.add_parser("convert", help="rewrite a model file, e.g. with float16 weights (half the size; loads as float32)")
+    p.add_argument("model", help="an autoprune model file (.pt)")
+    p.add_argument("--half", action="store_true", help="store float32 weights as float16")
+    data_args(p, default=None)
+    p.add_argument("--out", required=True, help="the new model file")
+
     p = sub.add_parser("models", help="list the model zoo")
     p = sub.add_parser("criteria", help="list the channel importance criteria")
+    p = sub.add_parser("methods", help="list the baseline methods of `prune --method` and `evaluate --baselines`")
 
 
 @command("demo")
@@ -63,6 +70,14 @@ def cmd_criteria(args: argparse.Namespace) -> None:
     from autoprune.pruning import list_criteria
 
     print("\n".join(list_criteria()))
+
+
+@command("methods")
+def cmd_methods(args: argparse.Namespace) -> None:
+    from autoprune.agents.baselines import SEARCHERS, list_searchers
+
+    for name in list_searchers():
+        print(f"{name:<20} {SEARCHERS.get(name).summary}")
 
 
 @command("info")
@@ -93,6 +108,34 @@ def cmd_info(args: argparse.Namespace) -> None:
     for key in ("dataset", "test_accuracy", "target", "achieved_flops_ratio"):
         if key in meta:
             print(f"{key}: {meta[key]}")
+
+
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> None:
+    import copy
+    import os
+
+    import torch
+
+    from autoprune.checkpoint import load_model, save_model
+    from autoprune.data import load_splits
+    from autoprune.training import evaluate
+
+    if not args.half:
+        raise AutopruneError("nothing to convert: give --half")
+    model, payload = load_model(args.model)
+    meta = dict(payload.get("meta", {}))
+    splits = load_splits(args.data or meta.get("dataset", "digits"), args.data_dir, args.val_size or meta.get("val_size"))
+    rounded = copy.deepcopy(model)  # what the file will load as: float16 weights back in float32
+    rounded.load_state_dict({k: v.half().float() if v.dtype == torch.float32 else v for k, v in model.state_dict().items()})
+    before, after = evaluate(model, splits.test), evaluate(rounded, splits.test)
+    meta.update(test_accuracy=after, test_accuracy_float32=before, converted_from=str(args.model))
+    save_model(args.out, model, payload["arch"], payload["num_classes"], meta, in_channels=payload.get("in_channels", 3),
+               half=True)
+    print(f"{args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB) -> {args.out} "
+          f"({os.path.getsize(args.out) / 1e6:.1f} MB, float16 weights, loads as float32)")
+    print(f"test accuracy: {before:.2f}% with float32 weights, {after:.2f}% with float16 weights "
+          f"({after - before:+.2f} points)")
 
 
 @command("models")

@@ -57,6 +57,10 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
                                    "ranking) or uniform (one keep ratio)")
     g.add_argument("--min-keep", type=float, help="smallest keep ratio of a group (default 0.1)")
     g.add_argument("--round-to", type=int, help="keep channel counts that are multiples of this, e.g. 8 (default 1)")
+    g.add_argument("--proxy", metavar="NAME",
+                   help="how the proxy scores a strategy: bn (default; adaptive BN), recon-bn (least-squares "
+                        "reconstruction first), distill (distillation steps towards the base model, --proxy-steps of "
+                        "them, default 200) or recon-distill (both)")
     g.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
     g.add_argument("--proxy-steps", type=int,
                    help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
@@ -76,7 +80,7 @@ def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyp
     return (base or PruningSettings()).replace(
         criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
         proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget,
-        observation=args.observation, reconstruct=args.reconstruct)
+        observation=args.observation, reconstruct=args.reconstruct, proxy=args.proxy)
 
 
 def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:

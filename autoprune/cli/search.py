@@ -22,13 +22,20 @@ from autoprune.errors import AutopruneError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="train one conditional pruning policy for a base model")
-    p.add_argument("--checkpoint", required=True, help="base model file (from `autoprune train`)")
+    p = sub.add_parser("search", help="train one conditional pruning policy for a base model (or several)")
+    p.add_argument("--checkpoint", required=True, action="append",
+                   help="base model file (from `autoprune train`); repeat it to search one policy on several models "
+                        "(each episode draws one; needs --observation transferable, the default then)")
     data_args(p, default=None)
-    p.add_argument("--targets", default="0.2:0.9", help="target range LOW:HIGH sampled during the search")
+    p.add_argument("--targets", help="target range LOW:HIGH sampled during the search (default 0.2:0.9, or the "
+                                     "--init-policy's)")
     p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--warmup", type=int, help="random-action episodes first (default: min(100, episodes/3))")
-    p.add_argument("--agent", default="ddpg", help="ddpg, td3, sac or ppo")
+    p.add_argument("--warmup", type=int, help="random-action episodes first (default: min(100, episodes/3); "
+                                              "0 with --init-policy)")
+    p.add_argument("--agent", help="ddpg (default), td3, sac or ppo (default with --init-policy: its agent)")
+    p.add_argument("--init-policy", metavar="DIR",
+                   help="start from this trained policy's network (same agent and observation set) to adapt it to "
+                        "the --checkpoint model(s) in a few episodes; its settings and target range are the defaults")
     settings_args(p, "the library's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25, help="episodes between saved checkpoints")
@@ -41,7 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model at any target with a trained policy or a baseline method")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--policy", help="policy directory (from `autoprune search`)")
-    how.add_argument("--method", help="a baseline instead of a policy: uniform, global, sensitivity, random, ga or amc")
+    how.add_argument("--method", help="a baseline instead of a policy (see `autoprune methods`): uniform, global, "
+                                     "tp-global, sensitivity, slimming, elasticity, gradient-threshold, random, ga, amc")
     p.add_argument("--checkpoint", required=True, help="the base model (for --policy: the one it was trained for)")
     p.add_argument("--target", type=float, required=True, help="FLOPs ratio to keep, e.g. 0.37")
     data_args(p, default=None)
@@ -54,6 +62,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-extrapolation", action="store_true", help="allow a target outside the trained range")
     p.add_argument("--transfer", action="store_true",
                    help="apply the policy to a model it was not searched on (another architecture or other weights)")
+    p.add_argument("--iterative", type=int, default=1, metavar="K",
+                   help="reach the target in K prune-fine-tune steps (--finetune-epochs each; default 1: one shot); "
+                        "the channel counts shrink linearly to the policy's or method's strategy, the channels "
+                        "re-chosen on the fine-tuned weights at every step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="pruned model file (.pt); a .json summary is written beside it")
 
@@ -61,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="base model file")
     p.add_argument("--policy", help="policy directory (omit to compare baselines only)")
     p.add_argument("--targets", default="0.3,0.5,0.7", help="comma-separated targets")
-    p.add_argument("--baselines", default="uniform", help="comma-separated: uniform,global,random,ga,sensitivity,amc")
+    p.add_argument("--baselines", default="uniform", help="comma-separated baseline methods (see `autoprune methods`)")
     p.add_argument("--baseline-episodes", type=int, default=100, help="proxy evaluations per target for searching baselines")
     p.add_argument("--policy-best-of", type=int, default=1, help="as prune --best-of: proxy-scored candidates per target")
     p.add_argument("--transfer", action="store_true", help="as prune --transfer: evaluate a policy on a model it was not "
@@ -85,18 +97,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 @command("search")
 def cmd_search(args: argparse.Namespace) -> None:
     from autoprune.agents.conditional import SearchConfig, search
+    from autoprune.agents.policy import load_policy, read_policy
+    from autoprune.envs.channel_pruning import SHARED_OBSERVATIONS
+    from autoprune.task import PruningSettings
 
-    low, high = parse_range(args.targets)
-    config = SearchConfig(agent=args.agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
-                          target_high=high, settings=settings_from(args), seed=args.seed,
+    checkpoints = args.checkpoint
+    init = read_policy(args.init_policy)[0] if args.init_policy else None  # its agent, settings and range are defaults
+    low, high = parse_range(args.targets) if args.targets else tuple(init["target_range"]) if init else (0.2, 0.9)
+    settings = settings_from(args, PruningSettings.from_policy_meta(init) if init else None)
+    if len(checkpoints) > 1 and args.observation is None and init is None and settings.observation not in SHARED_OBSERVATIONS:
+        settings = settings.replace(observation=SHARED_OBSERVATIONS[0])
+        print(f"{len(checkpoints)} base models: the agent sees the {SHARED_OBSERVATIONS[0]!r} observation "
+              "(the same meaning on every model)")
+    agent = args.agent or (init["agent"] if init else "ddpg")
+    config = SearchConfig(agent=agent, episodes=args.episodes, warmup_episodes=args.warmup, target_low=low,
+                          target_high=high, settings=settings, seed=args.seed,
                           checkpoint_every=args.checkpoint_every, workers=args.workers, address=args.address,
-                          threads_per_worker=args.threads_per_worker)
-    policy = search(args.out, config, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
-                    val_size=args.val_size, resume=args.resume, progress=not args.no_progress)
+                          threads_per_worker=args.threads_per_worker, init_policy=args.init_policy)
+    policy = search(args.out, config, checkpoint=checkpoints[0] if len(checkpoints) == 1 else checkpoints,
+                    data=args.data, data_dir=args.data_dir, val_size=args.val_size, resume=args.resume,
+                    progress=not args.no_progress)
     print(f"policy saved to {args.out}: {policy.meta['episodes']} episodes in {policy.meta['search_seconds'] / 60:.1f} min")
-    for t in (low, (low + high) / 2, high):
-        s = policy.strategy(t)
-        print(f"  target {t:.2f}: FLOPs ratio {policy.space.flops_ratio(s):.3f}, keep ratios {' '.join(f'{r:.2f}' for r in s)}")
+    bases = policy.meta.get("bases")
+    for i, checkpoint in enumerate(checkpoints):
+        if bases:  # one policy, several models: roll it out on each
+            policy = load_policy(args.out, checkpoint=checkpoint)
+            print(f"{bases[i].get('arch')} {checkpoint} ({bases[i]['episodes']} episodes):")
+        for t in (low, (low + high) / 2, high):
+            s = policy.strategy(t)
+            print(f"  target {t:.2f}: FLOPs ratio {policy.space.flops_ratio(s):.3f}, keep ratios {' '.join(f'{r:.2f}' for r in s)}")
 
 
 def _task(args: argparse.Namespace, policy_dir: str | None):  # type: ignore[no-untyped-def]
@@ -135,13 +164,21 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise AutopruneError("--transfer applies a policy to another model; it does not apply to --method")
     if args.method is not None and args.best_of != 1:
         raise AutopruneError("--best-of chooses among a policy's rollouts; it does not apply to --method")
+    if args.iterative < 1:
+        raise AutopruneError(f"--iterative must be >= 1 (prune-fine-tune steps), got {args.iterative}")
+    if args.iterative > 1 and args.finetune_epochs < 1:
+        raise AutopruneError(f"--iterative {args.iterative} needs --finetune-epochs >= 1: the epochs each step "
+                             "fine-tunes for")
+    if args.iterative > 1 and args.reconstruct:
+        raise AutopruneError("--iterative > 1 cannot be combined with --reconstruct, which runs only when pruning "
+                             "in one shot")
     recipe = recipe_from(args)
     out = Path(args.out)
     seed_everything(args.seed)
     task, policy = _task(args, args.policy)
     result = prune_to_target(task, args.target, policy=policy, method=args.method, best_of=args.best_of,
                              episodes=args.episodes, recipe=recipe, seed=args.seed,
-                             allow_extrapolation=args.allow_extrapolation)
+                             allow_extrapolation=args.allow_extrapolation, iterative=args.iterative)
     summary = dict(result.summary, policy=args.policy, base_checkpoint=str(args.checkpoint), versions=versions())
     if policy is not None and policy.transferred:
         summary["transferred_from"] = {"arch": policy.meta.get("arch"), "base_fingerprint": policy.meta["base_fingerprint"],
@@ -156,8 +193,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
         how += f", transferred from {policy.meta.get('arch')}"
     print(f"target {args.target:.3f} ({how}) -> achieved FLOPs ratio {summary['achieved_flops_ratio']:.3f}; "
           f"params {summary['params']:,} of {summary['dense_params']:,}")
-    print(f"proxy accuracy {summary['proxy_accuracy']:.4f}; test accuracy {summary['test_accuracy_before_finetune']:.2f}%"
-          + (f" -> {summary['test_accuracy']:.2f}% after {recipe.epochs} fine-tune epochs" if recipe else ""))
+    if summary["iterative"] > 1:
+        steps = summary["steps"]
+        print(f"proxy accuracy {summary['proxy_accuracy']:.4f}; test accuracy per step "
+              + " -> ".join(f"{s['test_accuracy']:.2f}% (FLOPs {s['achieved_flops_ratio']:.3f})" for s in steps))
+        print(f"{len(steps)} steps, total fine-tune epochs {summary['total_finetune_epochs']}")
+    else:
+        print(f"proxy accuracy {summary['proxy_accuracy']:.4f}; test accuracy {summary['test_accuracy_before_finetune']:.2f}%"
+              + (f" -> {summary['test_accuracy']:.2f}% after {recipe.epochs} fine-tune epochs" if recipe else ""))
     print("channels per group: " + ", ".join(f"{root} {k}/{c}" for root, (k, c) in summary["channels"].items()))
     print(f"saved {out} and {out.with_suffix('.json')}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -10,7 +11,24 @@ import numpy as np
 from gymnasium import spaces
 
 from autoprune.errors import AutopruneError
-from autoprune.task import PruningTask, make_task
+from autoprune.task import PruningTask, StrategyEpisode, make_task
+
+# observation sets whose features mean the same on every model: the only ones one policy may learn on several
+SHARED_OBSERVATIONS = ("transferable",)
+
+
+def check_shared_rules(tasks: Sequence[PruningTask]) -> None:
+    """Refuse tasks that one policy cannot learn on together: other settings, or (with several models)
+    an observation set whose features are normalised within each model."""
+    if not tasks:
+        raise AutopruneError("give at least one task")
+    settings = tasks[0].settings
+    if any(t.settings != settings for t in tasks[1:]):
+        raise AutopruneError("the tasks of one environment must share their pruning settings")
+    if len(tasks) > 1 and settings.observation not in SHARED_OBSERVATIONS:
+        raise AutopruneError(f"the {settings.observation!r} observation is normalised within each model, so it means "
+                             f"something else on each of several base models: use --observation "
+                             f"{' or '.join(SHARED_OBSERVATIONS)} to search one policy on several models")
 
 
 class ChannelPruningEnv(gym.Env):
@@ -79,12 +97,21 @@ class ChannelPruningEnv(gym.Env):
 
     ## Episode end
     Terminates after the last group. ``info`` then holds ``strategy`` (keep ratios), ``kept_channels``,
-    ``achieved_flops_ratio``, ``proxy_accuracy``, ``target``, ``reward_name`` and ``time``
+    ``achieved_flops_ratio``, ``proxy_accuracy``, ``target``, ``model``, ``reward_name`` and ``time``
     (``prune_s``; ``proxy_forward_s``, all forward passes of the proxy in this episode, including the
     uniform baseline of the ``relative`` reward; ``episode_s``; ``cached``).
 
+    ## Several base models
+    ``task`` may be a sequence of tasks (one per base model, the same settings, an observation set of
+    ``SHARED_OBSERVATIONS``): every ``reset`` then picks one -- ``options["model"]`` (its index) if
+    given, else uniformly with ``self.np_random``, before the target is drawn -- and the episode walks
+    that model's groups (episode lengths differ between models), with that task's prior, scores, proxy
+    and reward baseline. ``info["model"]`` (at reset and at the end) is the episode's model index; with
+    one task it is always 0 and no random number is spent on it.
+
     ## Arguments
-    - ``task`` (``PruningTask``): the base model, data and settings to prune under. Or, to build one:
+    - ``task`` (``PruningTask``, or a sequence of them, see above): the base model, data and settings
+      to prune under. Or, to build one:
     - ``model`` (nn.Module) or ``checkpoint`` (path of an autoprune model file): the base model;
     - ``splits`` (DataSplits) or ``data`` / ``data_dir`` / ``val_size``: the data (default: the
       checkpoint's data set, or the embedded digits);
@@ -97,17 +124,34 @@ class ChannelPruningEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, task: PruningTask | None = None, target_range: tuple[float, float] = (0.2, 0.9),
-                 **task_args: Any) -> None:
+    def __init__(self, task: PruningTask | Sequence[PruningTask] | None = None,
+                 target_range: tuple[float, float] = (0.2, 0.9), **task_args: Any) -> None:
         super().__init__()
-        self.task = task if task is not None else make_task(**task_args)
+        if task is None:
+            self.tasks = [make_task(**task_args)]
+        else:
+            self.tasks = [task] if isinstance(task, PruningTask) else list(task)
         if task is not None and task_args:
             raise AutopruneError(f"give either a task or what builds one, not both (got {', '.join(task_args)})")
-        self.target_range = self.task.check_target_range(*target_range)
-        self.episode = self.task.episode()
+        check_shared_rules(self.tasks)
+        self.target_range = target_range
+        for t in self.tasks:
+            self.target_range = t.check_target_range(*target_range)
+        self.episodes = [t.episode() for t in self.tasks]
+        self.model_index = 0  # the task of the current episode
         self.observation_space = spaces.Box(0.0, 1.0, (len(self.episode.observation_set.features),), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._done = True
+
+    @property
+    def task(self) -> PruningTask:
+        """The task (base model) of the current episode."""
+        return self.tasks[self.model_index]
+
+    @property
+    def episode(self) -> StrategyEpisode:
+        """The current episode (a ``StrategyEpisode`` over the current task's groups)."""
+        return self.episodes[self.model_index]
 
     @property
     def target(self) -> float:
@@ -116,12 +160,18 @@ class ChannelPruningEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         options = options or {}
+        if "model" in options:
+            if not 0 <= int(options["model"]) < len(self.tasks):
+                raise AutopruneError(f"model must be an index below {len(self.tasks)}, got {options['model']!r}")
+            self.model_index = int(options["model"])
+        elif len(self.tasks) > 1:
+            self.model_index = int(self.np_random.integers(len(self.tasks)))
         target = options["target"] if "target" in options else float(self.np_random.uniform(*self.target_range))
         obs = self.episode.reset(target)
         self._done = False
         self._episode_start = time.perf_counter()
         self._forward_start = self.task.proxy.forward_seconds_total
-        return obs, {"target": self.target}
+        return obs, {"target": self.target, "model": self.model_index}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._done:
@@ -143,6 +193,7 @@ class ChannelPruningEnv(gym.Env):
         reward = task.reward(result.accuracy, flops, self.target)
         info = {
             "target": self.target,
+            "model": self.model_index,
             "strategy": (counts / task.space.channels).tolist(),
             "kept_channels": counts.tolist(),
             "achieved_flops_ratio": flops / task.space.dense_flops,

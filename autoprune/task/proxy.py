@@ -1,14 +1,34 @@
 """The accuracy proxy: accuracy of a pruned model on the held-out validation split of the training set,
 after adaptive BN (BN statistics re-estimated on a few fixed training batches) and, optionally, a few
 SGD steps on training batches (``finetune_steps``): a cheap stand-in for the recovery fine-tune whose
-result the search is really after."""
+result the search is really after.
+
+Proxy variants are registered by name (``PROXIES``; ``create_proxy``, ``list_proxies``; the
+``proxy`` setting picks one):
+
+============== ======================================================================================
+name           scores the pruned model ...
+============== ======================================================================================
+bn             after adaptive BN (plus ``finetune_steps`` cross-entropy SGD steps when > 0); the default
+recon-bn       built with least-squares reconstruction (``autoprune.pruning.reconstruct``, on
+               ``reconstruct_images`` training images, 256 by default), then adaptive BN
+distill        after adaptive BN, ``finetune_steps`` (default 200) SGD steps of distillation towards the
+               base model's logits (KL at temperature 4, ``autoprune.training.distillation_loss``) on
+               fixed augmented training batches, and adaptive BN again for the adapted weights
+recon-distill  reconstruction, then as ``distill``
+============== ======================================================================================
+
+Every variant is deterministic for a strategy: the same calibration, training and validation images,
+in the same order, score every strategy, so scores are comparable and cacheable.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -16,10 +36,14 @@ import torch.nn.functional as F
 
 from autoprune.data import BatchLoader, DataSplits
 from autoprune.errors import AutopruneError
-from autoprune.recovery import calibration_batches
-from autoprune.training import recalibrate_bn
+from autoprune.recovery import calibration_batches, reconstruction_batches
+from autoprune.registry import Registry
+from autoprune.training import distillation_loss, recalibrate_bn
 
 MIN_PROXY_IMAGES = 20
+RECONSTRUCT_IMAGES = 256  # calibration images of the recon-* proxies when none are given
+DISTILL_STEPS = 200  # distillation steps of the distill proxies when none are given
+DISTILL_TEMPERATURE = 4.0
 
 
 @dataclass
@@ -28,12 +52,40 @@ class ProxyResult:
     cached: bool
 
 
+PROXIES: Registry[type[AccuracyProxy]] = Registry("proxy")
+
+
+def create_proxy(name: str, splits: DataSplits, **options: Any) -> AccuracyProxy:
+    """The proxy registered as ``name`` (see ``PROXIES``); ``options`` are ``AccuracyProxy``'s arguments
+    (``teacher``, the base model, is needed by the ``distill`` variants)."""
+    return PROXIES.get(name)(splits, **options)
+
+
+def list_proxies() -> list[str]:
+    return PROXIES.names()
+
+
+@PROXIES.register("bn")
 class AccuracyProxy:
-    """Scores pruned models; results are cached by the strategy's kept-channel counts."""
+    """Scores pruned models; results are cached by the strategy's kept-channel counts.
+
+    :param splits: the data: validation images to score on, training images to calibrate and adapt on.
+    :param num_images: validation images scored (None: all of the split).
+    :param finetune_steps: SGD steps before scoring (``bn``: cross-entropy, 0 by default; ``distill``:
+        distillation, 0 means ``DISTILL_STEPS``).
+    :param reconstruct_images: calibration images of the least-squares reconstruction of the ``recon-*``
+        variants (0: ``RECONSTRUCT_IMAGES``); ignored by the others.
+    :param teacher: the base model, for the ``distill`` variants (never modified).
+    """
+
+    name = "bn"
+    reconstructs = False  # scores the strategy's model built with least-squares reconstruction
+    distills = False  # needs the base model as teacher
 
     def __init__(self, splits: DataSplits, num_images: int | None = None, adaptive_bn: bool = True,
                  calib_batches: int = 4, batch_size: int = 256, cache_size: int = 20000, finetune_steps: int = 0,
-                 finetune_lr: float = 0.01, finetune_batch_size: int = 64) -> None:
+                 finetune_lr: float = 0.01, finetune_batch_size: int = 64, reconstruct_images: int = 0,
+                 teacher: nn.Module | None = None) -> None:
         n_val = len(splits.val)
         num_images = n_val if num_images is None else num_images
         if num_images > n_val:
@@ -50,8 +102,18 @@ class AccuracyProxy:
         self.adaptive_bn = adaptive_bn
         if finetune_steps < 0:
             raise AutopruneError(f"finetune_steps must be >= 0, got {finetune_steps}")
+        if reconstruct_images < 0:
+            raise AutopruneError(f"reconstruct_images must be >= 0, got {reconstruct_images}")
         self.finetune_steps, self.finetune_lr, self.finetune_batch_size = finetune_steps, finetune_lr, finetune_batch_size
         self._train = splits.train
+        if self.distills and teacher is None:
+            raise AutopruneError(f"the {self.name} proxy distils from the base model: pass it as teacher=")
+        self.teacher = teacher if self.distills else None
+        # the calibration batches the strategy's model is built with (PruningSpace.apply(reconstruct=...));
+        # None: whatever the task builds (reconstructed only where the `reconstruct` setting asks)
+        self.reconstruction: list[torch.Tensor] | None = None
+        if self.reconstructs:
+            self.reconstruction = reconstruction_batches(splits, reconstruct_images or RECONSTRUCT_IMAGES)
         self.cache: OrderedDict[tuple[int, ...], float] = OrderedDict()
         self.cache_size = cache_size
         self.forward_seconds_total = 0.0  # all forward passes so far (episodes and baselines)
@@ -72,6 +134,7 @@ class AccuracyProxy:
 
     @torch.inference_mode(False)
     def score(self, model: nn.Module) -> float:
+        """Accuracy in [0, 1] of ``model`` (built as ``reconstruction`` says; adapted in place)."""
         model = model.to(memory_format=torch.channels_last)
         if self.adaptive_bn:
             recalibrate_bn(model, self.calib_batches)
@@ -97,3 +160,66 @@ class AccuracyProxy:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+
+
+@PROXIES.register("recon-bn")
+class ReconstructedProxy(AccuracyProxy):
+    """``bn`` on the model built with least-squares reconstruction."""
+
+    reconstructs = True
+
+
+@PROXIES.register("distill")
+class DistillationProxy(AccuracyProxy):
+    """Adaptive BN, then ``finetune_steps`` SGD steps distilling the base model's logits on fixed
+    augmented training batches (the teacher's logits computed once), then adaptive BN again."""
+
+    distills = True
+
+    def __init__(self, splits: DataSplits, *args: Any, **kwargs: Any) -> None:
+        super().__init__(splits, *args, **kwargs)
+        self.finetune_steps = self.finetune_steps or DISTILL_STEPS
+        self.temperature = DISTILL_TEMPERATURE
+        self._teacher_logits: list[torch.Tensor] = []
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """The images of ``finetune_steps`` augmented training batches, the same on every call (one
+        loader with a fixed seed, over as many epochs as the steps need)."""
+        batch_size = min(self.finetune_batch_size, len(self._train))
+        loader = BatchLoader(self._train, batch_size, shuffle=True, augment=True, drop_last=True, seed=1)
+        step = 0
+        while True:
+            for x, _ in loader:
+                if step == self.finetune_steps:
+                    return
+                yield x
+                step += 1
+
+    def _targets(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        if step == len(self._teacher_logits):  # first pass: the teacher's logits, kept for every later strategy
+            assert self.teacher is not None
+            was_training = self.teacher.training
+            self.teacher.eval()
+            with torch.no_grad():
+                self._teacher_logits.append(self.teacher(x).float())
+            self.teacher.train(was_training)
+        return self._teacher_logits[step]
+
+    def _adapt(self, model: nn.Module) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
+        model.train()
+        with torch.enable_grad():
+            for step, x in enumerate(self._batches()):
+                loss = distillation_loss(model(x), self._targets(step, x), self.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        if self.adaptive_bn:  # statistics of the adapted weights on the (unaugmented) calibration batches
+            recalibrate_bn(model, self.calib_batches)
+
+
+@PROXIES.register("recon-distill")
+class ReconstructedDistillationProxy(DistillationProxy):
+    """``distill`` on the model built with least-squares reconstruction."""
+
+    reconstructs = True

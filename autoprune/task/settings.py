@@ -27,12 +27,17 @@ class PruningSettings:
     - ``prior``: where an ``offset`` action of 0 lands (``PRIORS``).
     - ``fill_budget``: spend what the action wall leaves of the budget.
     - ``reward``: the episode's reward (``REWARDS``).
+    - ``proxy``: how a strategy is scored (``autoprune.task.proxy.PROXIES``): ``bn`` (adaptive BN, the
+      default), ``recon-bn`` (least-squares reconstruction first), ``distill`` (distillation steps
+      towards the base model after adaptive BN), ``recon-distill`` (both).
     - ``proxy_images``: validation images the proxy scores (None: all of the split).
-    - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy.
+    - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy (``bn``:
+      cross-entropy steps, 0 by default; ``distill`` variants: distillation steps, 0 meaning their default).
     - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
     - ``reconstruct``: calibration images for least-squares reconstruction of the layers after the
       removed channels (``PruningSpace.apply(reconstruct=...)``), for the proxy and every pruned model
-      the task builds; 0: off.
+      the task builds; 0: off (the ``recon-*`` proxies still reconstruct the models they score, on
+      ``RECONSTRUCT_IMAGES`` images).
     - ``observation``: what the agent sees of a group (``OBSERVATIONS``): ``layer`` (normalised within
       the model, AMC's embedding) or ``transferable`` (the same meaning on any architecture).
     """
@@ -51,17 +56,20 @@ class PruningSettings:
     calib_batches: int = 4
     observation: str = "layer"
     reconstruct: int = 0
+    proxy: str = "bn"
 
     def __post_init__(self) -> None:
         from autoprune.pruning import list_criteria
         from autoprune.task.episode import ACTION_MODES, PRIORS
         from autoprune.task.observation import OBSERVATIONS
+        from autoprune.task.proxy import PROXIES
         from autoprune.task.rewards import REWARDS
 
         for value, registry, what in ((self.criterion, list_criteria(), "criterion"),
                                       (self.action_mode, ACTION_MODES.names(), "action mode"),
                                       (self.prior, PRIORS.names(), "prior"), (self.reward, REWARDS.names(), "reward"),
-                                      (self.observation, OBSERVATIONS.names(), "observation")):
+                                      (self.observation, OBSERVATIONS.names(), "observation"),
+                                      (self.proxy, PROXIES.names(), "proxy")):
             if value not in registry:
                 raise AutopruneError(f"unknown {what} {value!r}; choose one of {', '.join(registry)}")
         if not 0 < self.min_keep <= 1:

@@ -21,21 +21,22 @@ import torch.nn as nn
 from autoprune.data import BatchLoader, DataSplits, load_splits
 from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
+from autoprune.recovery import reconstruction_batches
 from autoprune.task.episode import StrategyEpisode, make_prior
-from autoprune.task.proxy import AccuracyProxy, ProxyResult
+from autoprune.task.proxy import AccuracyProxy, ProxyResult, create_proxy
 from autoprune.task.rewards import REWARDS
 from autoprune.task.settings import PruningSettings
 
 IMPORTANCE_BATCH = 64  # training batch size of data-dependent importance criteria (taylor, gradient, ...)
 
 
-def reconstruction_batches(splits: DataSplits, images: int) -> list[torch.Tensor] | None:
-    """``images`` training images drawn once with a fixed seed (batches of up to 128) for least-squares
-    reconstruction; None for 0."""
-    if images <= 0:
-        return None
-    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:images]
-    return [x for x, _ in BatchLoader(splits.train.subset(order), 128)]
+def make_proxy(settings: PruningSettings, model: nn.Module, splits: DataSplits, **options: Any) -> AccuracyProxy:
+    """The accuracy proxy ``settings`` name (``proxy``, ``proxy_images``, ``proxy_steps``, ``adaptive_bn``,
+    ``calib_batches``, ``reconstruct``) for base model ``model``; ``options``: further ``AccuracyProxy``
+    arguments (e.g. ``finetune_lr``)."""
+    return create_proxy(settings.proxy, splits, **{
+        "num_images": settings.proxy_images, "adaptive_bn": settings.adaptive_bn, "calib_batches": settings.calib_batches,
+        "finetune_steps": settings.proxy_steps, "reconstruct_images": settings.reconstruct, "teacher": model, **options})
 
 
 def importance_data(splits: DataSplits) -> BatchLoader:
@@ -77,15 +78,15 @@ class PruningTask:
             scores = list(scores)
         self.scores = scores if scores is not None else self.space.importance(
             self.settings.criterion, importance_data(splits))
-        self.proxy = proxy or AccuracyProxy(splits, self.settings.proxy_images, self.settings.adaptive_bn,
-                                            self.settings.calib_batches, finetune_steps=self.settings.proxy_steps)
+        self.proxy = proxy or make_proxy(self.settings, model, splits)
         self.prior = make_prior(self.settings.prior, self.space, self.settings.min_keep, self.scores)
         self.floor = self.space.min_flops_ratio(self.settings.min_keep)
         # the prior's proxy accuracy by grid target; a dict handed in is shared, so measurements add to it
         self._baselines: dict[float, float] = baselines if baselines is not None else {}
         self.reconstruction_batches = reconstruction_batches(splits, self.settings.reconstruct)
 
-    PROXY_FIELDS = ("proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to", "reconstruct")
+    PROXY_FIELDS = ("proxy", "proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to",
+                    "reconstruct")
 
     def derive(self, **changes: Any) -> PruningTask:
         """The same base model and data under changed settings (e.g. another reward); shares the space,
@@ -157,9 +158,10 @@ class PruningTask:
         """The proxy's result for kept-channel counts; ``timing["prune_s"]`` receives the pruning time
         when the model has to be built (a cache miss)."""
 
-        def build() -> nn.Module:
+        def build() -> nn.Module:  # reconstructed where the proxy asks for it (recon-*), else as `apply` builds
             t0 = time.perf_counter()
-            model = self.apply(counts / self.space.channels)
+            refit = self.proxy.reconstruction if self.proxy.reconstruction is not None else self.reconstruction_batches
+            model = self.space.apply(counts / self.space.channels, self.settings.criterion, reconstruct=refit)
             if timing is not None:
                 timing["prune_s"] = time.perf_counter() - t0
             return model

@@ -1,0 +1,189 @@
+"""How well does each proxy predict fine-tuned accuracy among competitive strategies? (issue #13)
+
+Reads the yardstick of ``experiments.fidelity_data`` (strategies with their fine-tuned test accuracy;
+a partial file works: the strategies with at least one fine-tuned seed count), scores every strategy
+with each proxy, and reports per target Spearman's ρ of the proxy against the mean fine-tuned
+accuracy, whether the proxy's top strategy is the fine-tune's best (ties in the proxy count
+fractionally: the chance a random tie-break picks the best) and the fine-tuned accuracy lost by
+taking the proxy's pick instead of the best (points), their means over the targets, and the cost of
+each proxy (seconds per strategy, building the pruned model included, and relative to ``bn``).
+
+A proxy is a registry name (``autoprune.task.proxy.PROXIES``) with optional ``key=value`` options
+after a colon: ``steps`` (SGD or distillation steps), ``images`` (validation images scored), ``recon``
+(calibration images of the reconstruction), ``lr`` and ``batch`` (of the steps), ``calib`` (BN
+calibration batches); e.g. ``distill:steps=500,lr=0.02``.
+
+    python -m experiments.score_proxies --threads 2
+    python -m experiments.score_proxies --proxies bn distill:steps=100 distill:steps=400 recon-distill:steps=400 --threads 2
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+from scipy.stats import spearmanr
+
+from autoprune.errors import AutopruneError
+from autoprune.task import PruningSettings, PruningTask
+from autoprune.task.proxy import PROXIES
+from autoprune.task.task import make_proxy
+from experiments.common import write_report
+
+# spec option -> (AccuracyProxy argument, type)
+OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "images": ("num_images", int),
+                                        "recon": ("reconstruct_images", int), "lr": ("finetune_lr", float),
+                                        "batch": ("finetune_batch_size", int), "calib": ("calib_batches", int)}
+
+
+@dataclass
+class Config:
+    data: str = "docs/results/fidelity_resnet20.json"  # written by experiments.fidelity_data
+    proxies: list[str] = field(default_factory=lambda: ["bn", "recon-bn", "distill", "recon-distill"])
+    checkpoint: str = ""  # the base model; "": the data file's
+    data_dir: str = "../shared/data/cifar10"  # data folder when the checkpoint's data set needs one
+    proxy_images: int = 1000  # validation images every proxy scores (unless its spec says images=)
+    limit: int = 0  # > 0: only the first N usable strategies of each target (smoke runs)
+    threads: int = 2
+    name: str = "proxy_scores_resnet20"  # report name
+    out_dir: str = "docs/results"
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,...`` -> (registered proxy name, ``AccuracyProxy`` arguments)."""
+    name, _, rest = spec.partition(":")
+    PROXIES.get(name)  # a clear error for an unknown name
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, _, value = item.partition("=")
+        if key not in OPTIONS or not value:
+            raise AutopruneError(f"proxy option {item!r} in {spec!r}: use key=value with a key among "
+                                 f"{', '.join(OPTIONS)}")
+        argument, kind = OPTIONS[key]
+        try:
+            options[argument] = kind(value)
+        except ValueError:
+            raise AutopruneError(f"proxy option {item!r} in {spec!r}: {value!r} is not a {kind.__name__}") from None
+    return name, options
+
+
+def usable(strategies: list[dict[str, Any]], limit: int = 0) -> list[dict[str, Any]]:
+    """The strategies with at least one fine-tuned seed (the first ``limit`` of each target when > 0)."""
+    rows, per_target = [], {}
+    for row in strategies:
+        if row.get("finetuned") and (limit <= 0 or per_target.get(row["target"], 0) < limit):
+            rows.append(row)
+            per_target[row["target"]] = per_target.get(row["target"], 0) + 1
+    return rows
+
+
+def fidelity(scores: list[float], tuned: list[float], ids: list[str]) -> dict[str, Any]:
+    """Spearman ρ, whether the proxy's pick is the fine-tune's best, and the accuracy gap to the best."""
+    scores_a, tuned_a = np.asarray(scores, float), np.asarray(tuned, float)
+    with warnings.catch_warnings():  # a constant input (e.g. tied proxy scores) has no ρ: None below
+        warnings.simplefilter("ignore")
+        rho = float(spearmanr(scores_a, tuned_a).statistic) if len(scores) >= 3 else float("nan")
+    top = np.flatnonzero(scores_a == scores_a.max())  # the proxy's pick, ties included
+    best = float(tuned_a.max())
+    return {"strategies": len(scores), "spearman": rho if np.isfinite(rho) else None,
+            "picks_best": float(np.mean(tuned_a[top] >= best - 1e-9)), "gap": float(best - tuned_a[top].mean()),
+            "pick": [ids[i] for i in top], "best": ids[int(np.argmax(tuned_a))]}
+
+
+def seed_agreement(rows: list[dict[str, Any]], seeds: list[str]) -> float | None:
+    """Spearman ρ between the fine-tuned accuracies of the first two seeds: the ceiling of any proxy's ρ."""
+    full = [r for r in rows if all(s in r["finetuned"] for s in seeds[:2])]
+    if len(seeds) < 2 or len(full) < 3:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = spearmanr([r["finetuned"][seeds[0]] for r in full], [r["finetuned"][seeds[1]] for r in full]).statistic
+    return float(rho) if np.isfinite(rho) else None
+
+
+def main(cfg: Config) -> None:
+    from autoprune.agents.common import fingerprint
+
+    torch.set_num_threads(cfg.threads)
+    data = json.loads(Path(cfg.data).read_text())["results"]
+    specs = [(spec, *parse_spec(spec)) for spec in cfg.proxies]
+    rows = usable(data["strategies"], cfg.limit)
+    if not rows:
+        raise SystemExit(f"{cfg.data} holds no fine-tuned strategy yet")
+    seeds = [str(s) for s in data["seeds"]]
+    targets = [t for t in data["targets"] if any(r["target"] == t for r in rows)]
+    settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
+    base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
+    if fingerprint(base.model) != data["base_fingerprint"]:
+        raise SystemExit(f"{cfg.data} was made from another base model than {cfg.checkpoint or data['checkpoint']}")
+    print(f"{len(rows)} of {len(data['strategies'])} strategies have a fine-tuned seed; scoring them with "
+          f"{', '.join(cfg.proxies)}", flush=True)
+
+    proxies, scores = [], {r["id"]: {} for r in rows}
+    for spec, name, options in specs:
+        proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
+        task = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space, scores=base.scores,
+                           proxy=proxy)
+        t0 = time.perf_counter()
+        for i, row in enumerate(rows, 1):
+            scores[row["id"]][spec] = task.score(np.asarray(row["kept_channels"]) / base.space.channels)
+            if i % 10 == 0 or i == len(rows):
+                print(f"  {spec}: {i}/{len(rows)} strategies ({(time.perf_counter() - t0) / i:.1f} s each)", flush=True)
+        entry: dict[str, Any] = {
+            "proxy": spec, "name": name, "images": proxy.num_images, "steps": proxy.finetune_steps,
+            "lr": proxy.finetune_lr if proxy.finetune_steps else None,
+            "reconstruct_images": sum(len(b) for b in proxy.reconstruction) if proxy.reconstruction else 0,
+            "seconds_per_strategy": (time.perf_counter() - t0) / len(rows), "per_target": {}}
+        for target in targets:
+            mine = [r for r in rows if r["target"] == target]
+            entry["per_target"][f"{target:g}"] = fidelity([scores[r["id"]][spec] for r in mine],
+                                                          [r["finetuned_test_accuracy"] for r in mine], [r["id"] for r in mine])
+        per_target = entry["per_target"].values()
+        rhos = [v["spearman"] for v in per_target if v["spearman"] is not None]
+        entry["mean"] = {"spearman": float(np.mean(rhos)) if rhos else None,
+                         "picks_best": float(np.sum([v["picks_best"] for v in per_target])),
+                         "gap": float(np.mean([v["gap"] for v in per_target]))}
+        proxies.append(entry)
+    bn = next((p["seconds_per_strategy"] for p in proxies if p["proxy"] == "bn"), None)
+    for p in proxies:
+        p["relative_cost"] = p["seconds_per_strategy"] / bn if bn else None
+    results = {"data": cfg.data, "strategies_total": len(data["strategies"]), "strategies_used": len(rows),
+               "with_all_seeds": sum(all(s in r["finetuned"] for s in seeds) for r in rows), "targets": targets,
+               "seed_to_seed_spearman": {f"{t:g}": seed_agreement([r for r in rows if r["target"] == t], seeds)
+                                         for t in targets},
+               "proxies": proxies, "scores": scores}
+    write_report(cfg.name, cfg, results, markdown(results), out_dir=cfg.out_dir)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    def num(value: float | None, fmt: str = ".2f") -> str:
+        return "–" if value is None else format(value, fmt)
+
+    targets = [f"{t:g}" for t in results["targets"]]
+    lines = [f"Proxies against fine-tuned test accuracy on {results['strategies_used']} of {results['strategies_total']} "
+             f"strategies of `{results['data']}` (those with a fine-tuned seed; {results['with_all_seeds']} with every "
+             "seed). ρ: Spearman's rank correlation of proxy and mean fine-tuned accuracy within a target; picks best: "
+             "targets where the proxy's top strategy is the fine-tune's best (ties count fractionally); gap: fine-tuned "
+             "accuracy of the best minus that of the proxy's pick (points, mean over targets).", "",
+             "| proxy | " + " | ".join(f"ρ {t} (n={results['proxies'][0]['per_target'][t]['strategies']})" for t in targets)
+             + " | mean ρ | picks best | mean gap | s / strategy | cost × bn |",
+             "|---|" + "---|" * (len(targets) + 5)]
+    for p in results["proxies"]:
+        cells = [num(p["per_target"][t]["spearman"]) for t in targets]
+        lines.append(f"| {p['proxy']} | " + " | ".join(cells) + f" | {num(p['mean']['spearman'])} | "
+                     f"{p['mean']['picks_best']:.1f} of {len(targets)} | {p['mean']['gap']:.2f} | "
+                     f"{p['seconds_per_strategy']:.1f} | {num(p['relative_cost'], '.1f')} |")
+    agreement = ", ".join(f"{t}: {num(v)}" for t, v in results["seed_to_seed_spearman"].items())
+    lines += ["", f"Seed-to-seed ρ of the fine-tune itself (the ceiling of any proxy's ρ) per target: {agreement}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Config, description=__doc__))

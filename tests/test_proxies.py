@@ -1,0 +1,137 @@
+"""The proxy variants (``autoprune.task.proxy.PROXIES``): deterministic scores in [0, 1], distillation
+towards the base model, reconstruction where the proxy asks for it, the setting and its CLI flag."""
+
+import argparse
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoprune import AutopruneError
+from autoprune.task import PruningSettings, PruningTask
+from autoprune.task.proxy import DISTILL_STEPS, PROXIES, AccuracyProxy, create_proxy, list_proxies
+
+STEPS = 20  # distillation steps in these tests (the default is DISTILL_STEPS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these tests train small models step by step, which more threads slow down on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def task(trained_small, digits):
+    model, _ = trained_small
+    return PruningTask(model, digits)
+
+
+@pytest.fixture(scope="module")
+def strategy(task):
+    return task.prior_strategy(0.4)
+
+
+def logits(model, splits):
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(x) for x, _ in _batches(splits)])
+
+
+def _batches(splits):
+    from autoprune.data import BatchLoader
+
+    return BatchLoader(splits.val, 256)
+
+
+def test_registry_names_the_four_variants_and_bn_is_the_default(task):
+    assert list_proxies() == ["bn", "distill", "recon-bn", "recon-distill"]
+    assert PruningSettings().proxy == "bn"
+    assert type(task.proxy) is AccuracyProxy and task.proxy.name == "bn" and task.proxy.reconstruction is None
+    for name in list_proxies():
+        assert PROXIES.get(name).name == name
+
+
+@pytest.mark.parametrize("name", ["bn", "recon-bn", "distill", "recon-distill"])
+def test_every_proxy_scores_deterministically_in_the_unit_interval(task, strategy, name):
+    derived = task.derive(proxy=name, proxy_steps=STEPS if "distill" in name else 0)
+    assert (derived.proxy is task.proxy) == (name == "bn") and derived.proxy.name == name
+    first = derived.score(strategy)
+    assert 0.0 <= first <= 1.0
+    derived.proxy.cache.clear()
+    assert derived.score(strategy) == first  # the teacher's logits now come from the proxy's store
+    fresh = PruningTask(task.model, task.splits, derived.settings, space=task.space, scores=task.scores)
+    assert fresh.proxy is not derived.proxy and fresh.score(strategy) == first
+    assert derived.derive(reward="accuracy").proxy is derived.proxy  # a reward change keeps the proxy and its cache
+
+
+def test_recon_proxies_score_the_reconstructed_model_and_leave_the_task_models_alone(task, strategy):
+    refit = task.derive(proxy="recon-bn")
+    batches = refit.proxy.reconstruction
+    assert batches is not None and sum(len(b) for b in batches) == 256
+    built = refit.space.apply(strategy, refit.settings.criterion, reconstruct=batches)
+    assert built.autoprune_reconstruction.layers
+    assert refit.score(strategy) == refit.proxy.score(built)
+    assert not hasattr(refit.apply(strategy), "autoprune_reconstruction")  # only the proxy reconstructs
+    assert task.derive(proxy="recon-bn", reconstruct=64).proxy.reconstruction[0].shape[0] == 64
+
+
+def test_distill_moves_the_logits_towards_the_teachers(task, strategy, digits):
+    pruned = task.apply(strategy)
+    bn, distill = create_proxy("bn", digits), create_proxy("distill", digits, teacher=task.model, finetune_steps=STEPS)
+    assert create_proxy("distill", digits, teacher=task.model).finetune_steps == DISTILL_STEPS
+    with_bn, distilled = copy.deepcopy(pruned), copy.deepcopy(pruned)
+    bn.score(with_bn)
+    distill.score(distilled)
+    teacher = logits(task.model, digits)
+    after_bn, after_distill = logits(with_bn, digits), logits(distilled, digits)
+    assert not torch.allclose(after_bn, after_distill)
+
+    def kl(student):
+        return F.kl_div(F.log_softmax(student / 4, 1), F.log_softmax(teacher / 4, 1), reduction="batchmean",
+                        log_target=True).item()
+
+    assert kl(after_distill) < kl(after_bn)
+    assert logits(task.model, digits).equal(teacher)  # the teacher is never modified
+
+
+def test_unknown_names_and_a_missing_teacher_are_refused(digits):
+    with pytest.raises(AutopruneError, match="unknown proxy 'distil'.*bn, distill, recon-bn, recon-distill"):
+        PruningSettings(proxy="distil")
+    with pytest.raises(AutopruneError, match="unknown proxy 'nope'"):
+        create_proxy("nope", digits)
+    with pytest.raises(AutopruneError, match="teacher"):
+        create_proxy("recon-distill", digits)
+
+
+def test_policy_meta_without_the_field_reads_as_bn():
+    legacy = {"criterion": "l1", "min_keep": 0.2, "tolerance": 0.02, "round_to": 1, "reward": "relative",
+              "proxy_images": 500, "proxy_finetune_steps": 0}
+    assert PruningSettings.from_policy_meta(legacy).proxy == "bn"
+    record = PruningSettings().to_dict()
+    del record["proxy"]
+    assert PruningSettings.from_policy_meta({"settings": record}).proxy == "bn"
+    chosen = PruningSettings(proxy="recon-distill", proxy_steps=300)
+    assert PruningSettings.from_policy_meta({"settings": chosen.to_dict()}) == chosen
+
+
+def test_cli_flag_sets_the_proxy():
+    from autoprune.cli.common import settings_args, settings_from
+
+    parser = argparse.ArgumentParser()
+    settings_args(parser, "the library's")
+    assert settings_from(parser.parse_args([])).proxy == "bn"
+    assert settings_from(parser.parse_args(["--proxy", "distill", "--proxy-steps", "300"])) == PruningSettings(
+        proxy="distill", proxy_steps=300)
+    assert settings_from(parser.parse_args([]), PruningSettings(proxy="recon-bn")).proxy == "recon-bn"
+
+
+def test_distill_batches_repeat_over_epochs_when_the_steps_need_more(digits, task):
+    proxy = create_proxy("distill", digits, teacher=task.model, finetune_steps=3, finetune_batch_size=len(digits.train))
+    assert len(list(proxy._batches())) == 3
+    first, again = list(proxy._batches()), list(proxy._batches())
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
