@@ -29,3 +29,14 @@ def trained_small(digits, tmp_path_factory):
             "test_accuracy": evaluate(model, digits.test)}
     save_model(path, model, "smallcnn", 10, meta)
     return model.eval(), path
+
+
+@pytest.fixture(scope="session")
+def policy_dir(trained_small, tmp_path_factory):
+    """A conditional policy searched briefly on ``trained_small``: (policy directory, checkpoint)."""
+    from autoprune.agents.conditional import SearchConfig, search
+
+    _, ckpt = trained_small
+    out = tmp_path_factory.mktemp("policy")
+    search(out, SearchConfig(episodes=12, warmup_episodes=4, checkpoint_every=4), checkpoint=ckpt, progress=False)
+    return out, ckpt

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import in_budget
 
 import autoprune
 from autoprune import AutopruneError, models
@@ -17,18 +18,6 @@ from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningSettings, PruningTask
 
 ONE_EPOCH = FinetuneRecipe(epochs=1)
-
-
-def in_budget(ratio, target):
-    return target - 0.02 <= ratio <= target + 1e-12
-
-
-@pytest.fixture(scope="module")
-def policy_dir(trained_small, tmp_path_factory):
-    _, ckpt = trained_small
-    out = tmp_path_factory.mktemp("policy")
-    search(out, SearchConfig(episodes=12, warmup_episodes=4, checkpoint_every=4), checkpoint=ckpt, progress=False)
-    return out, ckpt
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +161,10 @@ def test_report_charges_the_policy_one_search_plus_its_queries():
 
     # the search (100 s) is charged to the first target evaluated, which need not be the lowest
     rows = [row("policy", t, s + q, query_seconds=q) for t, s, q in ((0.3, 0, 4), (0.5, 100, 6), (0.6, 0, 50))]
-    rows += [row("amc", t, 300) for t in (0.3, 0.5)]
+    rows += [row("amc", t, 300) for t in (0.3, 0.5)] + [row("tp-global", t, 2) for t in (0.3, 0.5)]
     line = markdown_table(rows).splitlines()[-1]
     assert "amc 600 s over 2 targets" in line and "policy 100 s of search" in line
+    assert "tp-global" not in markdown_table(rows).split("every other searching method")[-1]  # no proxy search
     assert "+ 10 s of queries" in line and "(0.18 of amc's time)" in line  # (100 + 4 + 6) / 600
 
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import in_budget
 
 from autoprune import models
-from autoprune.agents import SearchConfig, search
 from autoprune.agents.query import gradual_counts, prune_to_target, step_ratios
 from autoprune.checkpoint import load_model
 from autoprune.cli import main
@@ -15,18 +15,6 @@ from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, count_flops
 from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningTask
-
-
-def in_budget(ratio, target):
-    return target - 0.02 <= ratio <= target + 1e-12
-
-
-@pytest.fixture(scope="module")
-def policy_dir(trained_small, tmp_path_factory):
-    _, ckpt = trained_small
-    out = tmp_path_factory.mktemp("policy")
-    search(out, SearchConfig(episodes=4, warmup_episodes=2, checkpoint_every=4), checkpoint=ckpt, progress=False)
-    return out, ckpt
 
 
 def dense_flops(model):

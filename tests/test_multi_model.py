@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import in_budget
 
 from autoprune import AutopruneError, models
 from autoprune.agents import SearchConfig, load_policy, search
@@ -19,10 +20,6 @@ from autoprune.task import PruningSettings, PruningTask
 FAST = ["--proxy-images", "64", "--no-progress"]
 CHEAP = [*FAST, "--reward", "accuracy"]  # no reward baselines to measure
 TRANSFERABLE = PruningSettings(observation="transferable", proxy_images=64, reward="accuracy")
-
-
-def in_budget(ratio, target):
-    return target - 0.02 <= ratio <= target + 1e-12
 
 
 def fail(capsys, argv, message):

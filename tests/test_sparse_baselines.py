@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import in_budget
 
 from autoprune import models
 from autoprune.agents.baselines import create_searcher, list_searchers
@@ -24,10 +25,6 @@ NEW = ["slimming", "elasticity", "gradient-threshold"]
 NEAR_ZERO_2 = list(range(12))  # channels of features.2.1 (group 2, 32 channels) with |gamma| ~ 1e-4
 NEAR_ZERO_0 = [1, 5, 9]  # channels of features.0.1 (group 0, 16 channels) with |gamma| = 1e-3
 FAST = PruningSettings(proxy_images=40, calib_batches=1)  # a cheap proxy: these tests are about allocation
-
-
-def in_budget(ratio, target):
-    return target - 0.02 <= ratio <= target + 1e-12
 
 
 def gamma_model():

@@ -76,6 +76,8 @@ class GlobalRanking(Searcher):
 class ActionSearcher(Searcher):
     """Searches over action vectors; the action wall turns each into a strategy meeting the budget."""
 
+    searches = True
+
     def _score(self, task: PruningTask, target: float, actions: np.ndarray) -> tuple[float, np.ndarray]:
         strategy = task.episode().run(target, actions)
         return task.score(strategy), strategy
@@ -132,6 +134,7 @@ class GeneticAlgorithm(ActionSearcher):
 class Sensitivity(Searcher):
     """Per-group sensitivity (proxy drop when only that group is halved): sensitive groups keep more."""
 
+    searches = True
     summary = "per-group sensitivity on the proxy; sensitive groups keep more"
 
     probe_keep = 0.5
@@ -159,6 +162,7 @@ class Sensitivity(Searcher):
 class AMC(Searcher):
     """AMC (He et al. 2018): one DDPG search per target in the same task with the target fixed and AMC's accuracy reward."""
 
+    searches = True
     summary = "AMC (He et al. 2018): one DDPG search per target"
 
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]

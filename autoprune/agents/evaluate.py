@@ -27,7 +27,7 @@ import torch.nn as nn
 from autoprune.agents.baselines import create_searcher
 from autoprune.agents.parallel import parallel_map
 from autoprune.agents.policy import ConditionalPolicy
-from autoprune.agents.searcher import SearchResult
+from autoprune.agents.searcher import SEARCHERS, SearchResult
 from autoprune.errors import AutopruneError
 from autoprune.pruning import count_params
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy, summarize
@@ -160,7 +160,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         policy_rows = {round(r["target"], 6): r for r in rows if r["method"] == "policy"}
         # the row that carries the one search (the first target evaluated); the others carry their query only
         search_s = max(r["search_seconds"] - r.get("query_seconds", 0.0) for r in policy_rows.values())
-        for name in sorted(methods - {"policy", "uniform", "global"}):
+        for name in sorted(m for m in methods if m in SEARCHERS.names() and SEARCHERS.get(m).searches):
             targets = [round(r["target"], 6) for r in rows if r["method"] == name]
             total = sum(r["search_seconds"] for r in rows if r["method"] == name)
             queries = sum(policy_rows[t].get("query_seconds", 0.0) for t in targets if t in policy_rows)

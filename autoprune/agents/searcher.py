@@ -32,6 +32,7 @@ class Searcher:
 
     name = "base"
     summary = ""  # one line for `autoprune methods`
+    searches = False  # whether it searches on the proxy (so its cost is reported beside the policy's)
 
     def search(self, task: PruningTask, target: float, episodes: int = 100, seed: int = 0) -> SearchResult:
         t0 = time.perf_counter()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One architecture of the cross-architecture comparison, end to end:
+#   experiments/cross_arch.sh resnet56|vgg16_bn|mobilenetv2
+# 1. the base model: `autoprune train` into runs/ (resumes from its .partial), then into checkpoints/
+#    (stored with float16 weights when the float32 file is over 10 MB: `autoprune convert --half`
+#    prints the test accuracy with both);
+# 2. one conditional search over targets 0.25:0.75 (resumes), policies/<arch>-cifar10/;
+# 3. the policy against uniform, global ranking and Torch-Pruning's own global pruning at five targets,
+#    and AMC (one search of the same episode count) at 0.5, every method with the same fine-tune and
+#    paired seeds; the two reports merged into docs/results/<arch>-cifar10/.
+# Every step resumes where it stopped when the script is run again. DEVICE=cuda trains and fine-tunes
+# on a GPU; WORKERS=N runs the search's episodes in N Ray workers (CPU cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARCH=${1:?usage: experiments/cross_arch.sh ARCH (resnet56, vgg16_bn or mobilenetv2)}
+DATA=${DATA:-../shared/data/cifar10}
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-1}
+EPOCHS=${EPOCHS:-50}
+EPISODES=${EPISODES:-400}
+PROXY=${PROXY:-1000}
+SEEDS=${SEEDS:-2}
+AP=${AP:-.venv/bin/autoprune}
+PY=${PY:-.venv/bin/python}
+TARGETS=${TARGETS:-0.3,0.42,0.5,0.63,0.7}
+AMC_TARGETS=${AMC_TARGETS:-0.5}
+RUN=${RUN:-runs/$ARCH-cifar10.pt}
+CKPT=${CKPT:-checkpoints/$ARCH-cifar10.pt}
+POLICY=${POLICY:-policies/$ARCH-cifar10}
+REPORT=${REPORT:-docs/results/$ARCH-cifar10}
+FT=(--finetune-epochs "${FT_EPOCHS:-1}" --finetune-seeds "$SEEDS" --seed 0)
+ap() { $AP --threads "$THREADS" --device "$DEVICE" "$@"; }
+resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
+
+mkdir -p "$(dirname "$RUN")" "$(dirname "$CKPT")"
+if [ ! -f "$CKPT" ]; then
+    [ -f "$RUN" ] || ap train --arch "$ARCH" --data cifar10 --data-dir "$DATA" --epochs "$EPOCHS" --no-progress --out "$RUN"
+    if [ "$(stat -c %s "$RUN")" -gt 10000000 ]; then
+        ap convert "$RUN" --half --data-dir "$DATA" --out "$CKPT"
+    else
+        cp "$RUN" "$CKPT"
+    fi
+fi
+
+search=(ap search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.25:0.75 --episodes "$EPISODES"
+        --proxy-images "$PROXY" --observation transferable --workers "$WORKERS" --seed 0 --out "$POLICY" --no-progress)
+if [ -f "$POLICY/resume/state.json" ]; then "${search[@]}" --resume; elif [ ! -f "$POLICY/policy.json" ]; then "${search[@]}"; fi
+
+ap evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" --targets "$TARGETS" \
+    --baselines uniform,global,tp-global --policy-best-of 8 "${FT[@]}" --out "$REPORT/runs/policy" \
+    $(resumable "$REPORT/runs/policy")
+ap evaluate --checkpoint "$CKPT" --data-dir "$DATA" --proxy-images "$PROXY" \
+    --targets "$AMC_TARGETS" --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" --out "$REPORT/runs/amc" \
+    $(resumable "$REPORT/runs/amc")
+$PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"
