@@ -7,6 +7,16 @@ os.environ.setdefault("AUTOPRUNE_CACHE", os.path.join(os.path.dirname(__file__),
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models, which a second thread only slows on a busy machine;
+    the count is restored after the module (use with ``pytest.mark.usefixtures``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from autoprune.data import load_splits

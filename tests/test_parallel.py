@@ -13,7 +13,6 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -70,13 +69,7 @@ TABLE = np.linspace(0.0, 0.01, 500_000, dtype=np.float32)  # 2 MB
 factory = functools.partial(ProxyStandIn)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The agents' tiny networks: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from autoprune.task.proxy import DISTILL_STEPS, PROXIES, AccuracyProxy, create_p
 STEPS = 20  # distillation steps in these tests (the default is DISTILL_STEPS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests train small models step by step, which more threads slow down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
