@@ -21,18 +21,16 @@ from stable_baselines3 import TD3
 
 from autoprune.agents import SearchConfig, search
 from autoprune.agents.parallel import connect, disconnect
-from autoprune.task import PruningSettings, PruningTask
-from experiments.common import write_report
+from autoprune.task import PruningTask
+from experiments.common import TaskConfig, checkpoint_task, write_report
 
 
 @dataclass
-class Config:
-    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
-    data_dir: str = "../shared/data/cifar10"
+class Config(TaskConfig):
+    proxy_images: int = 2000
     workers: int = 2
     episodes: int = 40
     warmup: int = 10
-    proxy_images: int = 2000
     seed: int = 0
 
 
@@ -70,9 +68,8 @@ def run(task: PruningTask, cfg: Config, workers: int, in_process: bool) -> dict:
 
 
 def main(cfg: Config) -> None:
-    torch.set_num_threads(1)
-    task = PruningTask.from_checkpoint(cfg.checkpoint, PruningSettings(proxy_images=cfg.proxy_images),
-                                       data_dir=cfg.data_dir)
+    torch.set_num_threads(cfg.threads)  # 1 by default: as each worker has
+    task = checkpoint_task(cfg)
     rows = [run(task, cfg, 1, in_process=True)]
     print(rows[-1], flush=True)
     connect(cfg.workers)  # one local instance for both Ray runs, so that start-up is not timed

@@ -41,6 +41,7 @@ from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_te
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import versions, write_text_atomic
+from experiments.common import TaskConfig
 
 FORMAT = "autoprune.fidelity/1"
 GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "rollout_noise", "search_episodes",
@@ -48,9 +49,7 @@ GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "
 
 
 @dataclass
-class Config:
-    checkpoint: str = "checkpoints/resnet20-cifar10.pt"
-    data_dir: str = "../shared/data/cifar10"  # data folder when the checkpoint's data set needs one
+class Config(TaskConfig):
     policy: str = "policies/resnet20-cifar10"  # "": no policy rollouts
     targets: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
     per_target: int = 20  # strategies per target (more when the searches alone find more)
@@ -60,7 +59,6 @@ class Config:
     search_episodes: int = 48  # proxy evaluations of the ga (and random) searches per target
     amc_episodes: int = 30  # episodes of the AMC search per target
     perturb_noise: float = 0.15  # std of the log-normal factor on keep ratios of the perturbations
-    proxy_images: int = 1000  # validation images of the searches' proxy (as the committed policy's search)
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # fine-tune seeds
     finetune_epochs: int = 1
     precision: str = "fp32"  # of the fine-tune: fp32 (evaluate's default) or bf16

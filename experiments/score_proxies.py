@@ -35,7 +35,7 @@ from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.task.proxy import PROXIES
 from autoprune.task.task import make_proxy
-from experiments.common import write_report
+from experiments.common import TaskConfig, write_report
 
 # spec option -> (AccuracyProxy argument, type)
 OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "images": ("num_images", int),
@@ -44,12 +44,10 @@ OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "image
 
 
 @dataclass
-class Config:
+class Config(TaskConfig):
     data: str = "docs/results/fidelity_resnet20.json"  # written by experiments.fidelity_data
     proxies: list[str] = field(default_factory=lambda: ["bn", "recon-bn", "distill", "recon-distill"])
     checkpoint: str = ""  # the base model; "": the data file's
-    data_dir: str = "../shared/data/cifar10"  # data folder when the checkpoint's data set needs one
-    proxy_images: int = 1000  # validation images every proxy scores (unless its spec says images=)
     limit: int = 0  # > 0: only the first N usable strategies of each target (smoke runs)
     threads: int = 2
     name: str = "proxy_scores_resnet20"  # report name
