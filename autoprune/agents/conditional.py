@@ -31,7 +31,7 @@ from autoprune.agents.common import SearchMonitor, fingerprint, group_signature,
 from autoprune.agents.policy import POLICY_FORMAT, ConditionalPolicy, policy_bases, read_policy
 from autoprune.data import DataSplits
 from autoprune.envs import ChannelPruningEnv
-from autoprune.envs.channel_pruning import SHARED_OBSERVATIONS, check_shared_rules
+from autoprune.envs.channel_pruning import SHARED_OBSERVATIONS, check_shared_observation, check_shared_rules
 from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask, make_task
 from autoprune.utils import versions
@@ -247,14 +247,12 @@ def search(
     resuming = resume and (resume_dir / "agent.zip").exists()
     # a resumed search continues its own agent: the initial policy was read when it started
     init = _read_init_policy(config) if config.init_policy and not resuming else None
-    if _several(checkpoint, task) and config.settings.observation not in SHARED_OBSERVATIONS:
-        if config.init_policy:
-            raise AutopruneError(f"--init-policy {config.init_policy} uses the {config.settings.observation!r} "
-                                 "observation, normalised within each model, so it cannot be searched on several base "
-                                 "models: start from a policy searched with --observation transferable")
-        raise AutopruneError(f"the {config.settings.observation!r} observation is normalised within each model, so "
-                             "one policy cannot learn it on several base models: use --observation "
-                             f"{' or '.join(SHARED_OBSERVATIONS)}")
+    several_given = _several(checkpoint, task)  # refused before any model is loaded
+    if several_given and config.init_policy and config.settings.observation not in SHARED_OBSERVATIONS:
+        raise AutopruneError(f"--init-policy {config.init_policy} uses the {config.settings.observation!r} "
+                             "observation, normalised within each model, so it cannot be searched on several base "
+                             "models: start from a policy searched with --observation transferable")
+    check_shared_observation(config.settings.observation, 2 if several_given else 1)
     tasks = given if task is not None else _tasks(config, checkpoint, model, splits, data, data_dir, val_size)
     check_shared_rules(tasks)
     if init is not None:
@@ -268,13 +266,12 @@ def search(
     several = len(tasks) > 1
     first = tasks[0]
     space = first.space
+    # the top-level keys describe the first base model (as every policy.json has), from its one record
+    described = {("base_fingerprint" if k == "fingerprint" else k): v for k, v in bases[0].items()}
     meta = {
-        "format": POLICY_FORMAT, "agent": config.agent, "arch": first.source.get("arch"),
-        "num_classes": first.source.get("num_classes"), "input_shape": list(first.splits.input_shape),
-        "base_fingerprint": bases[0]["fingerprint"], "groups": group_signature(space),
-        "settings": first.settings.to_dict(), "target_range": [config.target_low, config.target_high],
-        "dataset": first.splits.train.name, "val_size": first.splits.val_size, "proxy_images": first.proxy.num_images,
-        "checkpoint": first.source.get("checkpoint"), "seed": config.seed, "config": asdict(config), "versions": versions(),
+        "format": POLICY_FORMAT, "agent": config.agent, **described, "settings": first.settings.to_dict(),
+        "target_range": [config.target_low, config.target_high], "proxy_images": first.proxy.num_images,
+        "seed": config.seed, "config": asdict(config), "versions": versions(),
     }
     if several:
         meta["bases"] = bases

@@ -25,8 +25,13 @@ def check_shared_rules(tasks: Sequence[PruningTask]) -> None:
     settings = tasks[0].settings
     if any(t.settings != settings for t in tasks[1:]):
         raise AutopruneError("the tasks of one environment must share their pruning settings")
-    if len(tasks) > 1 and settings.observation not in SHARED_OBSERVATIONS:
-        raise AutopruneError(f"the {settings.observation!r} observation is normalised within each model, so it means "
+    check_shared_observation(settings.observation, len(tasks))
+
+
+def check_shared_observation(observation: str, models: int) -> None:
+    """Refuse an observation set that one policy cannot learn on ``models`` (> 1) base models."""
+    if models > 1 and observation not in SHARED_OBSERVATIONS:
+        raise AutopruneError(f"the {observation!r} observation is normalised within each model, so it means "
                              f"something else on each of several base models: use --observation "
                              f"{' or '.join(SHARED_OBSERVATIONS)} to search one policy on several models")
 
@@ -134,9 +139,7 @@ class ChannelPruningEnv(gym.Env):
         if task is not None and task_args:
             raise AutopruneError(f"give either a task or what builds one, not both (got {', '.join(task_args)})")
         check_shared_rules(self.tasks)
-        self.target_range = target_range
-        for t in self.tasks:
-            self.target_range = t.check_target_range(*target_range)
+        self.target_range = [t.check_target_range(*target_range) for t in self.tasks][0]  # every model meets it
         self.episodes = [t.episode() for t in self.tasks]
         self.model_index = 0  # the task of the current episode
         self.observation_space = spaces.Box(0.0, 1.0, (len(self.episode.observation_set.features),), np.float32)
