@@ -266,11 +266,8 @@ class Slimming(Searcher):
             return super().search(task, target, episodes, seed)
         t0 = time.perf_counter()
         strategy, spent = self._search(task, target, episodes, np.random.default_rng(seed))
-        model = task.space.apply(strategy, "bn_scale", reconstruct=task.reconstruction_batches)  # as task.apply
-        # scored as the task scores its own strategies: built with the proxy's reconstruction where it has one
-        refit = getattr(task.proxy, "reconstruction", None)
-        scored = copy.deepcopy(model) if refit is None else task.space.apply(strategy, "bn_scale", reconstruct=refit)
-        return SearchResult(strategy, task.proxy.score(scored), spent, time.perf_counter() - t0, model)
+        own = task.derive(criterion="bn_scale")  # the task's rules and space; each group's smallest |gamma| go
+        return SearchResult(strategy, own.score(strategy), spent, time.perf_counter() - t0, own.apply(strategy))
 
     @staticmethod
     def scores(space: PruningSpace) -> list[np.ndarray]:

@@ -89,11 +89,14 @@ class PruningTask:
                     "reconstruct")
 
     def derive(self, **changes: Any) -> PruningTask:
-        """The same base model and data under changed settings (e.g. another reward); shares the space,
-        the importance scores and, where the proxy's settings are unchanged, the proxy and its cache."""
+        """The same base model and data under changed settings (e.g. another reward); shares the space
+        (unless ``round_to`` changes), the importance scores (unless the criterion changes) and, where the
+        proxy's settings are unchanged, the proxy and its cache."""
         settings = self.settings.replace(**changes)
-        if settings.round_to != self.settings.round_to or settings.criterion != self.settings.criterion:
+        if settings.round_to != self.settings.round_to:
             return PruningTask(self.model, self.splits, settings, source=self.source)
+        if settings.criterion != self.settings.criterion:  # the same space, channels ranked by another criterion
+            return PruningTask(self.model, self.splits, settings, space=self.space, source=self.source)
         same_proxy = all(getattr(settings, f) == getattr(self.settings, f) for f in self.PROXY_FIELDS)
         same_prior = same_proxy and all(getattr(settings, f) == getattr(self.settings, f)
                                         for f in ("prior", "min_keep", "fill_budget"))
