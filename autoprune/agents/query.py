@@ -83,14 +83,10 @@ def prune_to_target(task: PruningTask, target: float, policy: ConditionalPolicy 
     recalibrate_bn(pruned, calibration_batches(task.splits.train, seed=seed))
     test_before = evaluate(pruned, task.splits.test)
     space = task.space
-    summary: dict[str, Any] = {
-        "target": float(target), "achieved_flops_ratio": space.flops_ratio(strategy), "params": count_params(pruned),
-        "dense_params": count_params(task.model), "proxy_accuracy": proxy_accuracy, "test_accuracy": test_before,
-        "test_accuracy_before_finetune": test_before, "strategy": np.round(strategy, 4).tolist(),
-        "channels": {g.root: [int(k), int(g.channels)] for g, k in zip(space.groups, space.keep_counts(strategy))},
-        "method": "policy" if policy is not None else method, "best_of": best_of if policy is not None else None,
-        "settings": task.settings.to_dict(), "seed": seed,
-    }
+    summary = _describe(task, target, strategy, pruned, proxy_accuracy, "policy" if policy is not None else method,
+                        best_of if policy is not None else None, seed)
+    summary.update(achieved_flops_ratio=space.flops_ratio(strategy), test_accuracy=test_before,
+                   test_accuracy_before_finetune=test_before)
     if recipe is not None and recipe.epochs > 0:
         result = finetune(pruned, task.splits, recipe, teacher=task.model, seed=seed, progress=log is not None, log=log)
         summary["finetune"] = {k: v for k, v in result.summary().items() if k != "history"}
@@ -203,17 +199,23 @@ def _prune_gradually(task: PruningTask, target: float, strategy: np.ndarray, pro
              f"test accuracy {before:.2f}% -> {after:.2f}% after {recipe.epochs} fine-tune epochs")
         previous = counts
     assert tuned is not None and np.array_equal(previous, final)
-    summary: dict[str, Any] = {
-        "target": float(target), "achieved_flops_ratio": records[-1]["achieved_flops_ratio"],
-        "params": count_params(model), "dense_params": count_params(task.model), "proxy_accuracy": proxy_accuracy,
-        "test_accuracy": records[-1]["test_accuracy"],
+    summary = _describe(task, target, strategy, model, proxy_accuracy, method, best_of, seed)
+    summary.update({
+        "achieved_flops_ratio": records[-1]["achieved_flops_ratio"], "test_accuracy": records[-1]["test_accuracy"],
         # of the returned model before its own (the last step's) fine-tune; the steps hold the others
         "test_accuracy_before_finetune": records[-1]["test_accuracy_before_finetune"],
-        "strategy": np.round(strategy, 4).tolist(),
-        "channels": {g.root: [int(n), int(g.channels)] for g, n in zip(base.groups, final)},
-        "method": method, "best_of": best_of, "settings": task.settings.to_dict(), "seed": seed,
         "finetune": {k: v for k, v in tuned.summary().items() if k != "history"}, "recipe": asdict(recipe),
         "iterative": steps, "total_finetune_epochs": steps * recipe.epochs, "steps": records,
         "step_channels": f"re-chosen at every step by the {criterion} criterion on the fine-tuned weights",
-    }
+    })
     return PruneResult(model, np.asarray(strategy, dtype=np.float64), summary)
+
+
+def _describe(task: PruningTask, target: float, strategy: np.ndarray, model: nn.Module, proxy_accuracy: float,
+              method: str | None, best_of: int | None, seed: int) -> dict[str, Any]:
+    """What every ``prune`` summary says of the pruned model, one-shot or iterative."""
+    space = task.space
+    return {"target": float(target), "params": count_params(model), "dense_params": count_params(task.model),
+            "proxy_accuracy": proxy_accuracy, "strategy": np.round(strategy, 4).tolist(),
+            "channels": {g.root: [int(k), int(g.channels)] for g, k in zip(space.groups, space.keep_counts(strategy))},
+            "method": method, "best_of": best_of, "settings": task.settings.to_dict(), "seed": seed}
