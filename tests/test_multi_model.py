@@ -253,3 +253,37 @@ def test_a_search_on_several_models_runs_on_ray_workers_and_repeats(bases, tmp_p
         assert runs[0] == runs[1]  # the same seed and workers: the same models, targets and strategies
     finally:
         disconnect()
+
+
+def test_the_transfer_report_joins_a_transferred_policy_with_the_own_policy_and_baselines(multi, bases, tmp_path):
+    """``experiments.transfer_report``: the multi-model policy is deepcnn's own; a policy searched on
+    smallcnn alone is applied to deepcnn with --transfer, under the same fine-tune and paired seeds."""
+    from experiments.transfer_report import Config
+    from experiments.transfer_report import main as report
+
+    alone = tmp_path / "alone"
+    assert main(["search", "--checkpoint", str(bases["smallcnn"]), "--observation", "transferable", "--episodes", "3",
+                 "--warmup", "1", "--out", str(alone), *CHEAP]) == 0
+    same = ["--checkpoint", str(bases["deepcnn"]), "--targets", "0.4,0.6", "--finetune-epochs", "1",
+            "--finetune-seeds", "2", "--proxy-images", "64"]
+    assert main(["evaluate", "--policy", str(multi), "--baselines", "uniform,global", *same, "--out", str(tmp_path / "own")]) == 0
+    assert main(["evaluate", "--policy", str(alone), "--transfer", "--baselines", "", *same, "--out", str(tmp_path / "zs")]) == 0
+    results = report(Config(own=str(tmp_path / "own"), other=[f"zero-shot={tmp_path / 'zs'}"], name="t",
+                            out_dir=str(tmp_path / "docs")))
+    assert results["columns"] == ["policy (own)", "zero-shot", "global", "uniform"] and results["targets"] == [0.4, 0.6]
+    assert all(len(runs) == 2 for runs in results["cells"].values())  # every cell: both paired seeds
+    verdict = results["verdicts"]["zero-shot"]
+    zs = {t: np.mean(results["cells"][f"zero-shot@{t:g}"]) for t in (0.4, 0.6)}
+    assert verdict["five_target_mean"] == pytest.approx(np.mean(list(zs.values())))
+    uniform = np.mean(results["cells"]["uniform@0.4"])
+    assert verdict["minus_uniform"][0.4][0] == pytest.approx(zs[0.4] - uniform)
+    markdown = (tmp_path / "docs" / "t.md").read_text()
+    assert "| 0.40 |" in markdown and "zero-shot** − uniform" in markdown
+
+    one_seed = [a if a != "2" else "1" for a in same]
+    assert main(["evaluate", "--policy", str(alone), "--transfer", "--baselines", "", *one_seed,
+                 "--out", str(tmp_path / "other")]) == 0
+    with pytest.raises(AutopruneError, match="not comparable"):  # another fine-tune budget
+        report(Config(own=str(tmp_path / "own"), other=[f"x={tmp_path / 'other'}"], out_dir=str(tmp_path / "docs")))
+    with pytest.raises(AutopruneError, match="LABEL=DIR"):
+        report(Config(own=str(tmp_path / "own"), other=[str(tmp_path / "zs")], out_dir=str(tmp_path / "docs")))

@@ -181,6 +181,44 @@ def test_knee_keep_ratio_finds_the_cluster_of_important_channels():
     assert knee_keep_ratio(np.concatenate([np.linspace(0, 0.1, 4), np.linspace(0.9, 1.0, 12)])) == pytest.approx(12 / 16)
     assert knee_keep_ratio(np.linspace(0, 1, 16)) == 0.5  # evenly spread: no knee
     assert knee_keep_ratio(np.ones(8)) == 0.5
+    # a small upper cluster, still above the top 5% set aside as possible outliers
+    small = np.concatenate([np.linspace(0, 0.1, 36), np.linspace(0.9, 1.0, 4)])
+    assert knee_keep_ratio(small) == pytest.approx(4 / 40)
+    assert knee_keep_ratio(np.concatenate([np.zeros(14), np.ones(2)])) == pytest.approx(2 / 16)
+
+
+def test_knee_keep_ratio_of_degenerate_groups():
+    for scores in ([], [3.0], np.ones(8), np.zeros(8), [0.0, 1.0], np.full(5, -2.0)):
+        assert knee_keep_ratio(scores) == 0.5
+    # at most the set-aside top differs from the rest, which is constant: no knee
+    assert knee_keep_ratio(np.concatenate([np.zeros(15), [1.0]])) == 0.5
+
+
+@pytest.mark.parametrize("channels", [8, 16, 32, 64, 256])
+def test_knee_keep_ratio_ignores_a_few_outlier_scores(channels):
+    rng = np.random.default_rng(channels)
+    for n_out in range(1, max(1, channels // 20) + 1):  # up to 5% of the channels, at least one
+        out = rng.uniform(50, 1000, n_out)
+        # evenly spread below them: no knee, as without the outliers (the old axis gave 1/C)
+        even = np.linspace(0, 1, channels - n_out)
+        assert knee_keep_ratio(even) == 0.5
+        assert knee_keep_ratio(rng.permutation(np.concatenate([even, out]))) == 0.5
+        if channels < 16:
+            continue
+        # two clusters below them: the upper cluster's size, the outliers added to it
+        upper = channels // 4
+        rest = np.concatenate([rng.uniform(0, 0.1, channels - n_out - upper), rng.uniform(0.9, 1.0, upper)])
+        assert round(knee_keep_ratio(rest) * len(rest)) == upper
+        assert round(knee_keep_ratio(np.concatenate([rest, out])) * channels) == upper + n_out
+
+
+def test_knee_keep_ratio_of_heavy_tailed_scores_is_not_decided_by_the_top():
+    scores = np.random.default_rng(0).exponential(size=64)
+    base = knee_keep_ratio(scores)
+    assert base > 0.1
+    spiked = scores.copy()
+    spiked[np.argmax(scores)] = 1e4  # one channel far above the tail
+    assert knee_keep_ratio(spiked) == base
 
 
 def test_gradient_threshold_scales_the_knees_by_one_factor(gamma_task, monkeypatch):

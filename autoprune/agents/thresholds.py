@@ -114,28 +114,45 @@ def knee_point(x: np.ndarray, y: np.ndarray) -> tuple[int, float]:
     return i, float(distance[i])
 
 
-def knee_keep_ratio(scores: np.ndarray, min_distance: float = 0.05) -> float:
+def knee_keep_ratio(scores: np.ndarray, min_distance: float = 0.05, outliers: float = 0.05) -> float:
     """A group's preferred keep ratio: where the curve "fraction of its channels with score >= t" against
     the threshold ``t`` bends most (``knee_point``).
 
-    The curve is a staircase from (lowest score, 1) down to (highest score, 0); its corners are the points
+    The curve is a staircase down from (lowest score, 1); its corners are the points
     ``(s_(i), (C - i) / C)`` and ``(s_(i), (C - i - 1) / C)`` over the sorted scores ``s_(0) <= ...``.
-    The knee's fraction is the ratio: two clusters of scores give the size of the upper one (and a lone
-    top score far above the rest gives 1/C: the threshold axis runs to the largest score). A curve whose
-    knee stands out from the chord by less than ``min_distance`` beyond the staircase's own steps
-    (``1 / (C sqrt 2)``, all that evenly spaced scores show) has no knee: the chord's midpoint, 0.5.
+    The threshold axis runs to a robust upper end, not to the largest score: the top
+    ``m = ceil(outliers * C)`` channels (5%, at least one) are set aside as possible outliers, and the
+    curve stops at the largest of the other scores, ``(s_(C-m-1), m / C)``. The fraction still counts
+    every channel, so the set-aside ones are always kept above the knee. The knee's fraction is the
+    ratio: two clusters of scores give the size of the upper one (when it is larger than ``m``); up to
+    ``m`` outlier scores far above the rest do not stretch the axis (which would put the knee at 1/C):
+    the knee falls where the group without them has its knee, with those channels added to it. A curve
+    whose knee stands out from the chord by less than ``min_distance`` beyond the staircase's own steps
+    (``1 / ((C - m) sqrt 2)``, all that evenly spaced scores show) has no knee: the chord's midpoint,
+    0.5; so has a group whose scores below the set-aside ones are all equal.
     """
     s = np.sort(np.asarray(scores, dtype=np.float64))
     c = len(s)
     if c < 2 or s[-1] <= s[0]:
         return 0.5
-    ranks = np.arange(c)
+    # Set aside the top m by count, not by distance: heavy-tailed (gradient, Taylor) scores have no
+    # reliable spread to measure "far" against, while a count bounds how much of the group can be taken
+    # for outliers. The curve of the rest, once knee_point scales its fraction axis from [m/C, 1] to
+    # [0, 1], is exactly the curve of the group without those m channels, so a real upper cluster larger
+    # than m still shows its knee. (A log axis would bend evenly spread scores and cannot take zeros; a
+    # rank axis makes every curve straight.)
+    m = min(int(np.ceil(outliers * c - 1e-9)), c - 1)
+    n = c - m  # the channels on the curve
+    s = s[:n]
+    if n < 2 or s[-1] <= s[0]:
+        return 0.5
+    ranks = np.arange(n)
     x = np.concatenate([s, s])
     y = np.concatenate([(c - ranks) / c, (c - ranks - 1) / c])
     order = np.lexsort((-y, x))  # along the staircase: threshold up, fraction down
     x, y = x[order], y[order]
     i, distance = knee_point(x, y)
-    if distance <= min_distance + 1.0 / (c * np.sqrt(2.0)):
+    if distance <= min_distance + 1.0 / (n * np.sqrt(2.0)):
         return 0.5
     return max(float(y[i]), 1.0 / c)
 
@@ -342,7 +359,8 @@ class GradientThreshold(Searcher):
     group's coupled weights, first-order weight saliency on ``importance_data``). Per group, the curve
     "fraction of its channels with score >= t" against the threshold ``t`` has a knee (the point
     farthest from its chord, ``knee_point``), whose fraction is the group's preferred keep ratio ``r_g``
-    (``knee_keep_ratio``; 0.5, the chord's midpoint, where the curve has no knee). One global scale ``s``
+    (``knee_keep_ratio``: its threshold axis ends below the top 5% of the scores, so a few outlier
+    channels do not decide it; 0.5, the chord's midpoint, where the curve has no knee). One global scale ``s``
     then sets the strategy ``clip(s * r_g, min_keep, 1)``, the largest ``s`` whose FLOPs ratio is at most
     the target (bisection: ``PruningSpace.largest_within``), so groups keep their knees' proportions
     until they reach 1 or ``min_keep``. Where whole channels are too coarse a step to land within the

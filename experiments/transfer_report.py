@@ -1,0 +1,131 @@
+"""Policies on a model they were not searched on (issue #15): transferred and adapted policies against
+the architecture's own policy, global ranking and uniform.
+
+The inputs are ``autoprune evaluate`` reports of one base model under one fine-tune budget:
+``--own`` holds the model's own policy and the baselines (``cross_arch.sh``'s ``runs/policy``), each
+``--other LABEL=DIR`` the rows of another policy on the same model (``evaluate --policy P --transfer``,
+or a policy adapted with ``search --init-policy``). The table has a column per policy and baseline and a
+row per target (fine-tuned accuracy, mean ± std over the paired seeds), then per other policy: the
+paired difference to uniform at every target, its five-target mean against the own policy's, and its
+search time (the adaptation's own episodes for an adapted policy) against the own policy's.
+
+    python -m experiments.transfer_report --own docs/results/resnet56-cifar10/runs/policy \
+        --other zero-shot-resnet20=docs/results/transfer/resnet20-to-resnet56 \
+        --other adapted-50=docs/results/transfer/resnet56-adapted --name transfer_resnet56
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tyro
+
+from autoprune.errors import AutopruneError
+from experiments.common import write_report
+from experiments.merge_reports import SHARED
+
+BASELINES = ("global", "uniform", "tp-global")
+
+
+@dataclass
+class Config:
+    own: str  # evaluate report with the model's own policy and the baselines
+    other: list[str] = field(default_factory=list)  # LABEL=DIR: evaluate reports of other policies on the model
+    name: str = "transfer"  # docs/results/<name>.json and .md
+    out_dir: str = "docs/results"
+
+
+def load(directory: str) -> dict[str, Any]:
+    path = Path(directory) / "results.json"
+    if not path.is_file():
+        raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {directory}` first")
+    report = json.loads(path.read_text())
+    if "rows" not in report or "merged_from" in report.get("config", {}):
+        raise AutopruneError(f"{path}: give a report written by one `autoprune evaluate` run, not a merged one")
+    return report
+
+
+def runs(row: dict[str, Any] | None) -> np.ndarray:
+    """The row's fine-tuned accuracies, one per seed (empty when the row is missing or was not fine-tuned)."""
+    if row is None:
+        return np.zeros(0)
+    return np.asarray(row.get("finetuned_test_accuracies") or ([] if row.get("finetuned_test_accuracy") is None
+                                                                else [row["finetuned_test_accuracy"]]), dtype=float)
+
+
+def cell(values: np.ndarray) -> str:
+    if len(values) == 0:
+        return "—"
+    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+
+
+def search_seconds(rows: list[dict[str, Any]]) -> float:
+    """The policy's one search, charged to its first target's row by ``evaluate`` (without the queries)."""
+    return max((r["search_seconds"] - r.get("query_seconds", 0.0) for r in rows if r["method"] == "policy"), default=0.0)
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    own = load(cfg.own)
+    others: dict[str, dict[str, Any]] = {}
+    for spec in cfg.other:
+        label, sep, directory = spec.partition("=")
+        if not sep or not label or not directory:
+            raise AutopruneError(f"--other takes LABEL=DIR, got {spec!r}")
+        others[label] = load(directory)
+        differ = [k for k in SHARED if others[label]["config"].get(k) != own["config"].get(k)]
+        if differ:
+            raise AutopruneError(f"{directory} differs from {cfg.own} in {', '.join(differ)}: not comparable")
+    table = {("policy (own)", round(r["target"], 6)): r for r in own["rows"] if r["method"] == "policy"}
+    table |= {(r["method"], round(r["target"], 6)): r for r in own["rows"] if r["method"] in BASELINES}
+    for label, report in others.items():
+        table |= {(label, round(r["target"], 6)): r for r in report["rows"] if r["method"] == "policy"}
+    columns = ["policy (own)", *others, *[b for b in BASELINES if any(k[0] == b for k in table)]]
+    targets = sorted({t for _, t in table})
+    arch = own.get("base", {}).get("arch") or Path(cfg.own).name
+    lines = [f"Fine-tuned test accuracy (%) on {arch}, mean ± std over paired seeds", "",
+             "| target | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for t in targets:
+        lines.append(f"| {t:.2f} | " + " | ".join(cell(runs(table.get((c, t)))) for c in columns) + " |")
+    own_mean = float(np.mean([runs(table.get(("policy (own)", t))).mean() for t in targets]))
+    own_seconds = search_seconds(own["rows"])
+    verdicts: dict[str, Any] = {}
+    lines.append("")
+    for label, report in others.items():
+        per_target = {}
+        for t in targets:
+            mine, uni = runs(table.get((label, t))), runs(table.get(("uniform", t)))
+            if len(mine) and len(mine) == len(uni):
+                diff = mine - uni
+                per_target[t] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None)
+        means = [runs(table.get((label, t))).mean() for t in targets if len(runs(table.get((label, t))))]
+        mean = float(np.mean(means)) if len(means) == len(targets) else None
+        seconds = search_seconds(report["rows"])
+        verdicts[label] = {"minus_uniform": per_target, "five_target_mean": mean, "own_mean": own_mean,
+                           "at_least_uniform_everywhere": bool(per_target) and all(d >= 0 for d, _ in per_target.values()),
+                           "search_seconds": seconds, "own_search_seconds": own_seconds}
+        diffs = ", ".join(f"{t:.2f}: {d:+.2f}" + (f" ± {e:.2f}" if e is not None else "") for t, (d, e) in per_target.items())
+        lines.append(f"- **{label}** − uniform (paired mean ± standard error): {diffs or '—'}; "
+                     f"at least uniform at every target: {'yes' if verdicts[label]['at_least_uniform_everywhere'] else 'no'}.")
+        if mean is not None:
+            lines.append(f"  Mean over the {len(targets)} targets {mean:.2f} against the own policy's {own_mean:.2f} "
+                         f"({mean - own_mean:+.2f} points). Search time {seconds:.0f} s against the own policy's "
+                         f"{own_seconds:.0f} s ({seconds / max(own_seconds, 1e-9):.2f}x; a zero-shot policy's time is "
+                         "its search on the other model).")
+    results = {"arch": arch, "columns": columns, "targets": targets,
+               "cells": {f"{c}@{t:g}": runs(table.get((c, t))).tolist() for c in columns for t in targets},
+               "verdicts": verdicts}
+    write_report(cfg.name, cfg, results, "\n".join(lines), cfg.out_dir)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Config))
+    except AutopruneError as exc:
+        print(f"transfer_report: error: {exc}", file=sys.stderr)
+        sys.exit(2)
