@@ -210,3 +210,88 @@ def test_score_proxies_reads_proxy_specs():
         parse_spec("distill:epochs=3")
     with pytest.raises(AutopruneError, match="not a int"):
         parse_spec("distill:steps=many")
+
+
+# ------------------------------------------------------------------ sparsity_study (issue #17)
+@pytest.fixture(scope="module")
+def sparse_small(trained_small, digits, tmp_path_factory):
+    """``trained_small`` after one epoch of sparse training (bn-l1, dynamic thresholds), saved as a checkpoint."""
+    import copy
+
+    from autoprune.checkpoint import save_model
+    from autoprune.training import TrainConfig, evaluate, fit
+
+    model, _ = trained_small
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    fit(model, digits, TrainConfig(epochs=1, batch_size=64, lr=0.02, sparsity="bn-l1", sparsity_lambda=1e-3,
+                                   dynamic_thresholds=True), progress=False, log=lambda s: None)
+    path = tmp_path_factory.mktemp("sparse") / "sparse.pt"
+    save_model(path, model, "smallcnn", 10, {"kind": "base", "dataset": "digits", "val_size": digits.val_size,
+                                            "input_shape": list(digits.input_shape),
+                                            "test_accuracy": evaluate(model, digits.test)})
+    return path
+
+
+def test_sparsity_study_pairs_equal_budgets_and_resumes(trained_small, sparse_small, tmp_path, monkeypatch, one_thread):
+    import json
+
+    from autoprune import AutopruneError
+    from experiments import sparsity_study
+
+    _, plain = trained_small
+    cfg = sparsity_study.Config(plain=str(plain), sparse=str(sparse_small), policy_plain="", policy_sparse="",
+                                targets=[0.5], methods=["global", "elasticity"], steps=2, seeds=[0], data_dir="",
+                                proxy_images=100, finetune_images=128, eval_images=100, threads=1,
+                                out_dir=str(tmp_path), name="study")
+    calls = []
+    real = sparsity_study.prune_to_target
+
+    def counted(task, target, **kw):
+        if len(calls) == stop_after:
+            raise KeyboardInterrupt  # the run stopped part-way
+        calls.append((target, kw["iterative"]))
+        return real(task, target, **kw)
+
+    monkeypatch.setattr(sparsity_study, "prune_to_target", counted)
+    stop_after = 5
+    with pytest.raises(KeyboardInterrupt):
+        sparsity_study.main(cfg)
+    path = tmp_path / "study.json"
+    first = json.loads(path.read_text())["results"]["rows"]
+    assert len(first) == 5  # saved after every row
+    with pytest.raises(AutopruneError, match="--resume"):  # never overwritten by accident
+        sparsity_study.main(cfg)
+
+    calls.clear()
+    stop_after = None
+    resumed = dataclasses.replace(cfg, resume=True)
+    sparsity_study.main(resumed)
+    rows = json.loads(path.read_text())["results"]["rows"]
+    assert len(calls) == 3 and len(rows) == 8 and rows[:5] == first  # only the missing rows ran
+    assert {(r["base"], r["method"], r["mode"]) for r in rows} == {
+        (b, m, mode) for b in ("plain", "sparse") for m in ("global", "elasticity") for mode in ("one-shot", "iterative")}
+    for r in rows:
+        assert r["total_epochs"] == 2 and r["achieved_flops_ratio"] <= 0.5 + 1e-12  # equal budgets, the budget rule
+        assert (r["steps"], r["epochs_per_step"]) == ((2, 1) if r["mode"] == "iterative" else (1, 2))
+        assert len(r["step_log"]) == r["steps"] and 0 <= r["test_accuracy"] <= 100
+        assert 0 <= r["test_accuracy_before_finetune"] <= 100 and r["params"] < r["dense_params"]
+    for b in ("plain", "sparse"):  # one final strategy per method, reached at once or in steps
+        for m in ("global", "elasticity"):
+            assert len({tuple(r["kept_channels"]) for r in rows if (r["base"], r["method"]) == (b, m)}) == 1
+    calls.clear()
+    sparsity_study.main(resumed)
+    assert calls == []
+    md = (tmp_path / "study.md").read_text()
+    assert "### Target 0.5" in md and "| base | method | FLOPs ratio | one-shot | iterative | iterative − one-shot |" in md
+    assert "| plain | global |" in md and "| sparse | elasticity |" in md and "| sparse − plain | one-shot | iterative |" in md
+    assert "Total fine-tune epochs: 2 in every row" in md
+
+    with pytest.raises(AutopruneError, match="another epochs_per_step"):
+        sparsity_study.main(dataclasses.replace(resumed, epochs_per_step=2))
+    for bad, message in ((dict(steps=1), "--steps must be >= 2"), (dict(sparse=str(tmp_path / "none.pt")), "does not exist"),
+                         (dict(methods=["global", "policy"]), "policy needs a policy directory"),
+                         (dict(methods=["globl"]), "unknown method"), (dict(targets=[1.5]), "target")):
+        with pytest.raises(AutopruneError, match=message):
+            sparsity_study.main(dataclasses.replace(cfg, name="bad", **bad))
+    assert calls == [] and not (tmp_path / "bad.json").exists()
