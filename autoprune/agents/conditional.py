@@ -48,10 +48,11 @@ class SearchConfig:
     target_low: float = 0.2
     target_high: float = 0.9
     settings: PruningSettings = field(default_factory=PruningSettings)
-    gamma: float = 1.0
-    learning_rate: float = 1e-3
-    noise_sigma: float = 0.5
-    noise_decay: float = 0.99
+    # the agents' hyper-parameters: their defaults live in AgentSettings
+    gamma: float = AgentSettings.gamma
+    learning_rate: float = AgentSettings.learning_rate
+    noise_sigma: float = AgentSettings.noise_sigma
+    noise_decay: float = AgentSettings.noise_decay
     seed: int = 0
     checkpoint_every: int = 25
     workers: int = 1  # episodes run at once, each in a Ray worker (1: in this process, no Ray)
