@@ -12,29 +12,18 @@
 #    of the default recipe (one-cycle, distillation), one seed, in docs/results/<arch>-cifar10/long/ --
 #    do the ranks of the one-epoch comparison hold when users fine-tune properly?
 # Every step resumes where it stopped when the script is run again. DEVICE=cuda trains and fine-tunes
-# on a GPU; WORKERS=N runs the search's episodes in N Ray workers (CPU cores).
+# on a GPU; WORKERS=N runs the search's episodes and the fine-tunes of each evaluated target in N Ray
+# workers of one thread each. The settings shared with transfer.sh are in experiments/cifar10_settings.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${1:?usage: experiments/cross_arch.sh ARCH (resnet56, vgg16_bn or mobilenetv2)}
-DATA=${DATA:-../shared/data/cifar10}
-DEVICE=${DEVICE:-cpu}
-THREADS=${THREADS:-2}
-WORKERS=${WORKERS:-1}
+source experiments/cifar10_settings.sh
 EPOCHS=${EPOCHS:-50}
-EPISODES=${EPISODES:-400}
-PROXY=${PROXY:-1000}
-SEEDS=${SEEDS:-2}
-AP=${AP:-.venv/bin/autoprune}
-PY=${PY:-.venv/bin/python}
-TARGETS=${TARGETS:-0.3,0.42,0.5,0.63,0.7}
 AMC_TARGETS=${AMC_TARGETS:-0.5}
 RUN=${RUN:-runs/$ARCH-cifar10.pt}
 CKPT=${CKPT:-checkpoints/$ARCH-cifar10.pt}
 POLICY=${POLICY:-policies/$ARCH-cifar10}
 REPORT=${REPORT:-docs/results/$ARCH-cifar10}
-FT=(--finetune-epochs "${FT_EPOCHS:-1}" --finetune-seeds "$SEEDS" --seed 0)
-ap() { $AP --threads "$THREADS" --device "$DEVICE" "$@"; }
-resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
 
 mkdir -p "$(dirname "$RUN")" "$(dirname "$CKPT")"
 if [ ! -f "$CKPT" ]; then
@@ -46,9 +35,7 @@ if [ ! -f "$CKPT" ]; then
     fi
 fi
 
-search=(ap search --checkpoint "$CKPT" --data-dir "$DATA" --targets 0.25:0.75 --episodes "$EPISODES"
-        --proxy-images "$PROXY" --observation transferable --workers "$WORKERS" --seed 0 --out "$POLICY" --no-progress)
-if [ -f "$POLICY/resume/state.json" ]; then "${search[@]}" --resume; elif [ ! -f "$POLICY/policy.json" ]; then "${search[@]}"; fi
+conditional_search "$POLICY" --checkpoint "$CKPT" --episodes "$EPISODES"
 
 ap evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" --targets "$TARGETS" \
     --baselines uniform,global,tp-global --policy-best-of 8 "${FT[@]}" --out "$REPORT/runs/policy" \
@@ -59,5 +46,5 @@ ap evaluate --checkpoint "$CKPT" --data-dir "$DATA" --proxy-images "$PROXY" \
 $PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"
 
 ap evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" --targets "${LONG_TARGETS:-0.5}" \
-    --baselines uniform,global --policy-best-of 8 --finetune-epochs "${LONG_EPOCHS:-10}" --finetune-seeds 1 --seed 0 \
+    --baselines uniform,global --policy-best-of 8 --finetune-epochs "${LONG_EPOCHS:-10}" --finetune-seeds 1 --seed 0 --workers "$WORKERS" \
     --out "$REPORT/long" $(resumable "$REPORT/long")

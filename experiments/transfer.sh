@@ -15,50 +15,32 @@
 # Every step resumes where it stopped when the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/cifar10}
-DEVICE=${DEVICE:-cpu}
-THREADS=${THREADS:-2}
-WORKERS=${WORKERS:-1}
-EPISODES=${EPISODES:-400}
+source experiments/cifar10_settings.sh
 MULTI_EPISODES=${MULTI_EPISODES:-800}
 ADAPT=${ADAPT:-50}
-PROXY=${PROXY:-1000}
-SEEDS=${SEEDS:-2}
-TARGETS=${TARGETS:-0.3,0.42,0.5,0.63,0.7}
-AP=${AP:-.venv/bin/autoprune}
-PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/results/transfer}
-ap() { $AP --threads "$THREADS" --device "$DEVICE" "$@"; }
 ckpt() { echo "checkpoints/$1-cifar10.pt"; }
 for arch in resnet20 resnet56 vgg16_bn mobilenetv2; do
     [ -f "$(ckpt $arch)" ] || { echo "transfer.sh: $(ckpt $arch) is missing: run experiments/cross_arch.sh $arch first" >&2; exit 2; }
 done
 
-# search OUT [flags...]: a conditional search over 0.25:0.75 with the transferable observation (resumes)
-search() {
-    local out=$1; shift
-    local cmd=(ap search "$@" --data-dir "$DATA" --targets 0.25:0.75 --proxy-images "$PROXY" --observation transferable
-               --workers "$WORKERS" --seed 0 --out "$out" --no-progress)
-    if [ -f "$out/resume/state.json" ]; then "${cmd[@]}" --resume; elif [ ! -f "$out/policy.json" ]; then "${cmd[@]}"; fi
-}
 # evaluate POLICY ARCH OUT [flags...]: the policy on ARCH's base, as cross_arch.sh evaluates ARCH's own policy
 evaluate() {
     local policy=$1 arch=$2 out=$3; shift 3
     ap evaluate --policy "$policy" --checkpoint "$(ckpt "$arch")" --data-dir "$DATA" --targets "$TARGETS" --baselines "" \
-        --policy-best-of 8 --finetune-epochs "${FT_EPOCHS:-1}" --finetune-seeds "$SEEDS" --seed 0 --out "$out" "$@" \
-        $([ -f "$out/results.json" ] && echo --resume || true)
+        --policy-best-of 8 "${FT[@]}" --out "$out" "$@" $(resumable "$out")
 }
 
-search policies/resnet20-cifar10-transferable --checkpoint "$(ckpt resnet20)" --episodes "$EPISODES"
+conditional_search policies/resnet20-cifar10-transferable --checkpoint "$(ckpt resnet20)" --episodes "$EPISODES"
 evaluate policies/resnet20-cifar10-transferable resnet56 "$OUT/resnet20-to-resnet56" --transfer
 
-search policies/resnet20+vgg16_bn-cifar10 --checkpoint "$(ckpt resnet20)" --checkpoint "$(ckpt vgg16_bn)" \
+conditional_search policies/resnet20+vgg16_bn-cifar10 --checkpoint "$(ckpt resnet20)" --checkpoint "$(ckpt vgg16_bn)" \
     --episodes "$MULTI_EPISODES"
 for arch in mobilenetv2 resnet56; do
     evaluate policies/resnet20+vgg16_bn-cifar10 "$arch" "$OUT/multi-to-$arch" --transfer
 done
 
-search policies/resnet56-cifar10-adapted --checkpoint "$(ckpt resnet56)" --init-policy policies/resnet20-cifar10-transferable \
+conditional_search policies/resnet56-cifar10-adapted --checkpoint "$(ckpt resnet56)" --init-policy policies/resnet20-cifar10-transferable \
     --episodes "$ADAPT"
 evaluate policies/resnet56-cifar10-adapted resnet56 "$OUT/resnet56-adapted"
 
