@@ -34,7 +34,7 @@ BASELINES = ("global", "uniform", "tp-global")
 
 @dataclass
 class Config:
-    own: str  # evaluate report with the model's own policy and the baselines
+    own: str = "docs/results/resnet56-cifar10/runs/policy"  # evaluate report: the model's own policy and baselines
     other: list[str] = field(default_factory=list)  # LABEL=DIR: evaluate reports of other policies on the model
     name: str = "transfer"  # docs/results/<name>.json and .md
     out_dir: str = "docs/results"
