@@ -13,9 +13,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from autoprune.utils import versions, write_text_atomic
 
 if TYPE_CHECKING:
+    from autoprune.data import DataSplits
     from autoprune.task import PruningTask
 
 
@@ -37,20 +41,48 @@ def checkpoint_task(cfg: TaskConfig) -> PruningTask:
                                        data_dir=cfg.data_dir or None)
 
 
-def write_report(name: str, config: Any, results: dict[str, Any], markdown: str, out_dir: str = "docs/results") -> None:
-    """Write ``<out_dir>/<name>.json`` (config, versions, command, results) and ``<name>.md``."""
-    module = f"experiments.{Path(sys.argv[0]).stem}"
+def command_line(module: str | None = None) -> str:
+    """The command that ran this experiment (``module``: the script's, by default from ``sys.argv``)."""
+    module = module or f"experiments.{Path(sys.argv[0]).stem}"
+    return " ".join(["python", "-m", module] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def save_report(path: Path, config: Any, results: dict[str, Any], markdown: str, module: str | None = None) -> None:
+    """``path`` (command, config, versions, date, results) and its Markdown beside it, both atomically."""
+    command = command_line(module)
     payload = {
-        "command": " ".join(["python", "-m", module] + [shlex.quote(a) for a in sys.argv[1:]]),
+        "command": command,
         "config": dataclasses.asdict(config),
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "results": results,
     }
-    out = Path(out_dir)
-    write_text_atomic(out / f"{name}.json", json.dumps(payload, indent=2) + "\n")
-    write_text_atomic(out / f"{name}.md", f"<!-- command: {payload['command']} -->\n{markdown}\n")
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path.with_suffix(".md"), f"<!-- command: {command} -->\n{markdown}\n")
+
+
+def write_report(name: str, config: Any, results: dict[str, Any], markdown: str, out_dir: str = "docs/results") -> None:
+    """Write ``<out_dir>/<name>.json`` (config, versions, command, results) and ``<name>.md``, and print the Markdown."""
+    save_report(Path(out_dir) / f"{name}.json", config, results, markdown)
     print(markdown)
+
+
+def smoke_splits(splits: DataSplits, finetune_images: int, eval_images: int, seed: int = 0) -> DataSplits:
+    """``splits`` cut for smoke runs: a fixed random subset of ``finetune_images`` training images and the
+    first ``eval_images`` validation and test images (0: the whole split)."""
+    from autoprune.data import DataSplits
+
+    train, val, test = splits.train, splits.val, splits.test
+    if finetune_images > 0:
+        train = train.subset(np.random.default_rng(seed).permutation(len(train))[:finetune_images])
+    if eval_images > 0:
+        val, test = (d.subset(torch.arange(min(eval_images, len(d)))) for d in (val, test))
+    return DataSplits(train, val, test, splits.val_size)
+
+
+def hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 SHAPES = ("uniform", "early", "late")

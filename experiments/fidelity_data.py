@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shlex
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,12 +34,10 @@ import numpy as np
 import torch
 import tyro
 
-from autoprune.data import DataSplits
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from autoprune.utils import versions, write_text_atomic
-from experiments.common import TaskConfig
+from experiments.common import TaskConfig, hms, save_report, smoke_splits
 
 FORMAT = "autoprune.fidelity/1"
 GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "rollout_noise", "search_episodes",
@@ -160,11 +156,7 @@ def finetune_record(cfg: Config) -> dict[str, Any]:
 
 
 def save(path: Path, cfg: Config, results: dict[str, Any]) -> None:
-    payload = {"command": " ".join(["python", "-m", "experiments.fidelity_data"] + [shlex.quote(a) for a in sys.argv[1:]]),
-               "config": asdict(cfg), "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "results": results}
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-    write_text_atomic(path.with_suffix(".md"), f"<!-- command: {payload['command']} -->\n{summary(results)}\n")
+    save_report(path, cfg, results, summary(results), module="experiments.fidelity_data")
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -251,12 +243,7 @@ def main(cfg: Config) -> None:
         print(f"resuming {path}: {len(results['strategies'])} strategies", flush=True)
 
     splits = task.splits
-    train, val, test = splits.train, splits.val, splits.test
-    if cfg.finetune_images > 0:
-        train = train.subset(np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.finetune_images])
-    if cfg.eval_images > 0:
-        val, test = (d.subset(torch.arange(min(cfg.eval_images, len(d)))) for d in (val, test))
-    tuning = DataSplits(train, val, test, splits.val_size)
+    tuning = smoke_splits(splits, cfg.finetune_images, cfg.eval_images, cfg.seed)
     recipe = FinetuneRecipe(epochs=cfg.finetune_epochs, precision=cfg.precision)
     calib = calibration_batches(splits.train, seed=0)  # as evaluate's test accuracy before the fine-tune
 
@@ -283,14 +270,9 @@ def main(cfg: Config) -> None:
         eta = elapsed / k * (len(pending) - k)
         print(f"[{k}/{len(pending)}] {row['id']} {row['source']:<22} FLOPs {row['flops_ratio']:.3f} seed {seed}: "
               f"before {row['test_accuracy']:.2f}% fine-tuned {accuracy:.2f}% ({time.perf_counter() - t0:.0f} s; "
-              f"elapsed {_hms(elapsed)}, ETA {_hms(eta)})", flush=True)
+              f"elapsed {hms(elapsed)}, ETA {hms(eta)})", flush=True)
     save(path, cfg, results)
     print(summary(results))
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ A smoke run of the plain rows on the committed ResNet-20 and its policy (about t
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,8 @@ from autoprune.pruning import check_target
 from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningSettings, PruningTask, importance_data
 from autoprune.training import set_training_device
-from autoprune.utils import seed_everything, versions, write_text_atomic
+from autoprune.utils import seed_everything
+from experiments.common import hms, save_report, smoke_splits
 
 FORMAT = "autoprune.sparsity_study/1"
 BASES = ("plain", "sparse")
@@ -139,13 +139,7 @@ def base_splits(payload: dict[str, Any], cfg: Config, cache: dict[tuple, DataSpl
     meta = payload.get("meta", {})
     key = (meta.get("dataset", "digits"), meta.get("val_size"))
     if key not in cache:
-        splits = load_splits(key[0], cfg.data_dir or None, key[1])
-        train, val, test = splits.train, splits.val, splits.test
-        if cfg.finetune_images > 0:
-            train = train.subset(np.random.default_rng(0).permutation(len(train))[: cfg.finetune_images])
-        if cfg.eval_images > 0:
-            val, test = (d.subset(torch.arange(min(cfg.eval_images, len(d)))) for d in (val, test))
-        cache[key] = DataSplits(train, val, test, splits.val_size)
+        cache[key] = smoke_splits(load_splits(key[0], cfg.data_dir or None, key[1]), cfg.finetune_images, cfg.eval_images)
     return cache[key]
 
 
@@ -165,12 +159,7 @@ def base_task(base: dict[str, Any], splits: DataSplits, cfg: Config) -> tuple[Pr
 
 # ---------------------------------------------------------------------------------------- the report
 def save(path: Path, cfg: Config, results: dict[str, Any]) -> None:
-    """``path`` (command, config, versions, date, results) and its Markdown next to it, both atomically."""
-    command = " ".join(["python", "-m", "experiments.sparsity_study"] + [shlex.quote(a) for a in sys.argv[1:]])
-    payload = {"command": command, "config": asdict(cfg), "versions": versions(),
-               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-    write_text_atomic(path.with_suffix(".md"), f"<!-- command: {command} -->\n{markdown(results)}\n")
+    save_report(path, cfg, results, markdown(results), module="experiments.sparsity_study")
 
 
 def load(path: Path, cfg: Config, setup: dict[str, Any]) -> list[dict[str, Any]]:
@@ -328,15 +317,10 @@ def main(cfg: Config) -> dict[str, Any]:
         print(f"[{i}/{len(pending)}] {role:<6} {method:<10} target {target:g} {mode:<9} seed {seed}: FLOPs "
               f"{s['achieved_flops_ratio']:.3f}, before {s['test_accuracy_before_finetune']:.2f}% -> "
               f"{s['test_accuracy']:.2f}% after {s['total_finetune_epochs']} epochs ({rows[-1]['seconds']:.0f} s; "
-              f"ETA {_hms(elapsed / i * (len(pending) - i))})", flush=True)
+              f"ETA {hms(elapsed / i * (len(pending) - i))})", flush=True)
     save(path, cfg, results)
     print(markdown(results))
     return results
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import tyro
 
+from autoprune.agents.evaluate import policy_search_seconds
 from autoprune.errors import AutopruneError
 from experiments.common import write_report
 from experiments.merge_reports import SHARED
@@ -64,11 +65,6 @@ def cell(values: np.ndarray) -> str:
     return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
 
 
-def search_seconds(rows: list[dict[str, Any]]) -> float:
-    """The policy's one search, charged to its first target's row by ``evaluate`` (without the queries)."""
-    return max((r["search_seconds"] - r.get("query_seconds", 0.0) for r in rows if r["method"] == "policy"), default=0.0)
-
-
 def main(cfg: Config) -> dict[str, Any]:
     own = load(cfg.own)
     others: dict[str, dict[str, Any]] = {}
@@ -92,7 +88,7 @@ def main(cfg: Config) -> dict[str, Any]:
     for t in targets:
         lines.append(f"| {t:.2f} | " + " | ".join(cell(runs(table.get((c, t)))) for c in columns) + " |")
     own_mean = float(np.mean([runs(table.get(("policy (own)", t))).mean() for t in targets]))
-    own_seconds = search_seconds(own["rows"])
+    own_seconds = policy_search_seconds(own["rows"])
     verdicts: dict[str, Any] = {}
     lines.append("")
     for label, report in others.items():
@@ -102,9 +98,9 @@ def main(cfg: Config) -> dict[str, Any]:
             if len(mine) and len(mine) == len(uni):
                 diff = mine - uni
                 per_target[t] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None)
-        means = [runs(table.get((label, t))).mean() for t in targets if len(runs(table.get((label, t))))]
+        means = [m.mean() for m in (runs(table.get((label, t))) for t in targets) if len(m)]
         mean = float(np.mean(means)) if len(means) == len(targets) else None
-        seconds = search_seconds(report["rows"])
+        seconds = policy_search_seconds(report["rows"])
         verdicts[label] = {"minus_uniform": per_target, "five_target_mean": mean, "own_mean": own_mean,
                            "at_least_uniform_everywhere": bool(per_target) and all(d >= 0 for d, _ in per_target.values()),
                            "search_seconds": seconds, "own_search_seconds": own_seconds}

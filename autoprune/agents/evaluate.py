@@ -158,8 +158,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append("The policy's search cost is one search shared by all targets (plus, with best-of-K, the "
                      "candidates scored per target); every other searching method pays its cost per target.")
         policy_rows = {round(r["target"], 6): r for r in rows if r["method"] == "policy"}
-        # the row that carries the one search (the first target evaluated); the others carry their query only
-        search_s = max(r["search_seconds"] - r.get("query_seconds", 0.0) for r in policy_rows.values())
+        search_s = policy_search_seconds(rows)
         for name in sorted(m for m in methods if m in SEARCHERS.names() and SEARCHERS.get(m).searches):
             targets = [round(r["target"], 6) for r in rows if r["method"] == name]
             total = sum(r["search_seconds"] for r in rows if r["method"] == name)
@@ -168,6 +167,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                          f"of search for all of them + {queries:.0f} s of queries at the same targets "
                          f"({(search_s + queries) / max(total, 1e-9):.2f} of {name}'s time).")
     return "\n".join(lines)
+
+
+def policy_search_seconds(rows: list[dict[str, Any]]) -> float:
+    """The policy's one search: ``evaluate_methods`` charges it to the row of the first target evaluated, the
+    other rows carry their query only."""
+    return max((r["search_seconds"] - r.get("query_seconds", 0.0) for r in rows if r["method"] == "policy"), default=0.0)
 
 
 def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list[str]:
