@@ -12,8 +12,9 @@ fine-tuned test accuracy per seed and their mean.
 
 The strategies are generated once and saved before any fine-tune; the file is rewritten (atomically)
 after every fine-tune, and ``--resume`` fine-tunes only what is missing from the same strategies.
-Fine-tunes run strategy by strategy (every seed), the targets taken in turn, so a partial file covers
-every target. ``experiments.score_proxies`` scores proxies against it.
+Fine-tunes run seed by seed (every strategy under the first seed, then the next seed), the targets
+taken in turn, so a partial file soon covers every strategy of every target with one seed: proxies
+can be scored on it long before the second seed is done. ``experiments.score_proxies`` scores proxies against it.
 
     python -m experiments.fidelity_data --threads 2
     python -m experiments.fidelity_data --threads 2 --resume
@@ -250,7 +251,7 @@ def main(cfg: Config) -> None:
     order = run_order(results["strategies"])
     if cfg.limit > 0:
         order = order[: cfg.limit]
-    pending = [(row, seed) for row in order for seed in cfg.seeds if str(seed) not in row["finetuned"]]
+    pending = [(row, seed) for seed in cfg.seeds for row in order if str(seed) not in row["finetuned"]]
     print(f"{len(pending)} fine-tunes to run ({len(order)} strategies x {len(cfg.seeds)} seeds, "
           f"{len(order) * len(cfg.seeds) - len(pending)} done)", flush=True)
     start = time.perf_counter()

@@ -11,9 +11,11 @@ each proxy (seconds per strategy, building the pruned model included, and relati
 A proxy is a registry name (``autoprune.task.proxy.PROXIES``) with optional ``key=value`` options
 after a colon: ``steps`` (SGD or distillation steps), ``images`` (validation images scored), ``recon``
 (calibration images of the reconstruction), ``lr`` and ``batch`` (of the steps), ``calib`` (BN
-calibration batches); e.g. ``distill:steps=500,lr=0.02``.
+calibration batches), ``measure`` (what is reported of the predictions: ``accuracy``, ``soft`` or ``kl``,
+``autoprune.task.proxy.MEASURES``); e.g. ``distill:steps=500,lr=0.02`` or ``bn:measure=kl``.
 
     python -m experiments.score_proxies --threads 2
+    python -m experiments.score_proxies --proxies bn bn:measure=soft bn:measure=kl --threads 1
     python -m experiments.score_proxies --proxies bn distill:steps=100 distill:steps=400 recon-distill:steps=400 --threads 2
 """
 
@@ -40,7 +42,8 @@ from experiments.common import TaskConfig, write_report
 # spec option -> (AccuracyProxy argument, type)
 OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "images": ("num_images", int),
                                         "recon": ("reconstruct_images", int), "lr": ("finetune_lr", float),
-                                        "batch": ("finetune_batch_size", int), "calib": ("calib_batches", int)}
+                                        "batch": ("finetune_batch_size", int), "calib": ("calib_batches", int),
+                                        "measure": ("measure", str)}
 
 
 @dataclass
@@ -135,7 +138,8 @@ def main(cfg: Config) -> None:
             if i % 10 == 0 or i == len(rows):
                 print(f"  {spec}: {i}/{len(rows)} strategies ({(time.perf_counter() - t0) / i:.1f} s each)", flush=True)
         entry: dict[str, Any] = {
-            "proxy": spec, "name": name, "images": proxy.num_images, "steps": proxy.finetune_steps,
+            "proxy": spec, "name": name, "measure": proxy.measure_name, "images": proxy.num_images,
+            "steps": proxy.finetune_steps,
             "lr": proxy.finetune_lr if proxy.finetune_steps else None,
             "reconstruct_images": sum(len(b) for b in proxy.reconstruction) if proxy.reconstruction else 0,
             "seconds_per_strategy": (time.perf_counter() - t0) / len(rows), "per_target": {}}

@@ -56,6 +56,7 @@ import tyro
 
 from autoprune.agents.baselines import list_searchers
 from autoprune.agents.common import fingerprint
+from autoprune.agents.evaluate import mean_and_standard_error
 from autoprune.agents.policy import ConditionalPolicy, load_policy, read_policy
 from autoprune.agents.query import prune_to_target
 from autoprune.checkpoint import read_checkpoint
@@ -189,8 +190,8 @@ def _paired(diffs: list[float]) -> str:
     """Mean ± standard error of paired differences, with their count."""
     if not diffs:
         return "–"
-    se = f" ± {np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.2f}" if len(diffs) > 1 else ""
-    return f"{np.mean(diffs):+.2f}{se} ({len(diffs)})"
+    mean, err = mean_and_standard_error(diffs)
+    return f"{mean:+.2f}" + (f" ± {err:.2f}" if err is not None else "") + f" ({len(diffs)})"
 
 
 def paired_differences(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> list[float]:

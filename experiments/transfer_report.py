@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tyro
 
-from autoprune.agents.evaluate import policy_search_seconds
+from autoprune.agents.evaluate import mean_and_standard_error, policy_search_seconds
 from autoprune.errors import AutopruneError
 from experiments.common import write_report
 from experiments.merge_reports import SHARED
@@ -96,8 +96,7 @@ def main(cfg: Config) -> dict[str, Any]:
         for t in targets:
             mine, uni = runs(table.get((label, t))), runs(table.get(("uniform", t)))
             if len(mine) and len(mine) == len(uni):
-                diff = mine - uni
-                per_target[t] = (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None)
+                per_target[t] = mean_and_standard_error(mine - uni)
         means = [m.mean() for m in (runs(table.get((label, t))) for t in targets) if len(m)]
         mean = float(np.mean(means)) if len(means) == len(targets) else None
         seconds = policy_search_seconds(report["rows"])

@@ -12,7 +12,13 @@ import autoprune
 from autoprune import AutopruneError, models
 from autoprune.agents import SearchConfig, list_agents, load_policy, search
 from autoprune.agents.baselines import create_searcher, list_searchers
-from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
+from autoprune.agents.evaluate import (
+    evaluate_methods,
+    markdown_table,
+    mean_and_standard_error,
+    paired_verdicts,
+    write_report,
+)
 from autoprune.cli import main
 from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningSettings, PruningTask
@@ -385,3 +391,18 @@ def test_every_baseline_is_listed_with_a_summary(capsys):
     listed = capsys.readouterr().out
     for name in list_searchers():
         assert SEARCHERS.get(name).summary and f"{name} " in listed
+
+
+def test_paired_verdicts_resolve_a_difference_only_beyond_two_standard_errors():
+    assert mean_and_standard_error([1.0, 3.0]) == (2.0, 1.0) and mean_and_standard_error([0.5]) == (0.5, None)
+
+    def row(method, target, runs):
+        return {"method": method, "target": target, "finetuned_test_accuracies": runs}
+
+    rows = [row("policy", 0.3, [80.0, 80.2, 80.4]), row("uniform", 0.3, [79.0, 79.3, 79.4]),  # +0.97 ± 0.03
+            row("policy", 0.5, [70.0, 71.0]), row("uniform", 0.5, [70.5, 70.3]),  # +0.10 ± 0.60
+            row("policy", 0.7, [60.0]), row("uniform", 0.7, [59.0])]  # one seed: no verdict
+    lines = paired_verdicts(rows, "policy", "uniform")
+    assert len(lines) == 2
+    assert lines[0].startswith("target 0.30: policy - uniform = +0.97 ± 0.03") and "policy ahead, resolved by 3" in lines[0]
+    assert lines[1].startswith("target 0.50: policy - uniform = +0.10 ± 0.60") and "not resolved" in lines[1]

@@ -129,3 +129,40 @@ def test_distill_batches_repeat_over_epochs_when_the_steps_need_more(digits, tas
     assert len(list(proxy._batches())) == 3
     first, again = list(proxy._batches()), list(proxy._batches())
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_every_measure_is_in_the_unit_interval_and_kl_is_exp_minus_the_kl_to_the_base(task, strategy, digits):
+    from autoprune.task.proxy import MEASURES
+
+    assert MEASURES.names() == ["accuracy", "kl", "soft"] and PruningSettings().proxy_measure == "accuracy"
+    pruned = task.apply(strategy)
+    accuracy = create_proxy("bn", digits).score(copy.deepcopy(pruned))
+    soft = create_proxy("bn", digits, measure="soft").score(copy.deepcopy(pruned))
+    adapted = copy.deepcopy(pruned)  # score() re-estimates its BN statistics in place
+    kept = create_proxy("bn", digits, measure="kl", teacher=task.model).score(adapted)
+    for value in (accuracy, soft, kept):
+        assert 0.0 < value < 1.0
+    assert kept != accuracy and soft != accuracy
+    teacher = logits(task.model, digits)
+    kl = F.kl_div(F.log_softmax(logits(adapted, digits), 1), F.log_softmax(teacher, 1), reduction="batchmean",
+                  log_target=True)
+    assert kept == pytest.approx(float(torch.exp(-kl)), rel=1e-5)
+    # the base model keeps all of its own function
+    whole = create_proxy("bn", digits, measure="kl", teacher=task.model, adaptive_bn=False)
+    assert whole.score(copy.deepcopy(task.model)) == pytest.approx(1.0)
+    assert logits(task.model, digits).equal(teacher)  # the teacher is never modified
+
+
+def test_the_measure_setting_reaches_the_proxy_and_its_flag_and_errors_are_clear(task, strategy, digits):
+    from autoprune.cli.common import settings_args, settings_from
+
+    derived = task.derive(proxy_measure="soft")
+    assert derived.proxy is not task.proxy and derived.proxy.measure_name == "soft"
+    assert derived.score(strategy) != task.score(strategy)
+    parser = argparse.ArgumentParser()
+    settings_args(parser, "the library's")
+    assert settings_from(parser.parse_args(["--proxy-measure", "kl"])).proxy_measure == "kl"
+    with pytest.raises(AutopruneError, match="unknown proxy measure 'top1'.*accuracy, kl, soft"):
+        PruningSettings(proxy_measure="top1")
+    with pytest.raises(AutopruneError, match="the kl measure compares with the base model"):
+        create_proxy("bn", digits, measure="kl")

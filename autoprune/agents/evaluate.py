@@ -175,6 +175,13 @@ def policy_search_seconds(rows: list[dict[str, Any]]) -> float:
     return max((r["search_seconds"] - r.get("query_seconds", 0.0) for r in rows if r["method"] == "policy"), default=0.0)
 
 
+def mean_and_standard_error(differences: Any) -> tuple[float, float | None]:
+    """Mean of paired differences and its standard error (None for a single pair): the one statistic
+    every paired comparison of autoprune reports."""
+    diff = np.asarray(differences, dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+
+
 def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list[str]:
     """One line per target: ``method`` minus ``other`` over their paired fine-tune seeds, and whether
     the seeds resolve the difference (its mean is more than two standard errors from zero)."""
@@ -186,12 +193,12 @@ def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list
         runs_b = (b or {}).get("finetuned_test_accuracies") or []
         if len(runs_a) < 2 or len(runs_a) != len(runs_b):
             continue
-        diff = np.asarray(runs_a) - np.asarray(runs_b)
-        mean, err = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        mean, err = mean_and_standard_error(np.asarray(runs_a) - np.asarray(runs_b))
+        assert err is not None  # two pairs at least
         if abs(mean) > 2 * err:
-            verdict = f"{method if mean > 0 else other} ahead, resolved by {len(diff)} paired seeds"
+            verdict = f"{method if mean > 0 else other} ahead, resolved by {len(runs_a)} paired seeds"
         else:
-            verdict = f"not resolved: within the seed noise of {len(diff)} paired seeds"
+            verdict = f"not resolved: within the seed noise of {len(runs_a)} paired seeds"
         lines.append(f"target {target:.2f}: {method} - {other} = {mean:+.2f} ± {err:.2f} points (standard error); {verdict}")
     return lines
 

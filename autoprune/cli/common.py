@@ -61,6 +61,9 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
                    help="how the proxy scores a strategy: bn (default; adaptive BN), recon-bn (least-squares "
                         "reconstruction first), distill (distillation steps towards the base model, --proxy-steps of "
                         "them, default 200) or recon-distill (both)")
+    g.add_argument("--proxy-measure", metavar="NAME",
+                   help="what the proxy reports of its validation predictions: accuracy (default; top-1), soft (mean "
+                        "probability of the true label) or kl (exp(-KL) of the base model's outputs to the pruned one's)")
     g.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
     g.add_argument("--proxy-steps", type=int,
                    help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
@@ -80,7 +83,8 @@ def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyp
     return (base or PruningSettings()).replace(
         criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
         proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget,
-        observation=args.observation, reconstruct=args.reconstruct, proxy=args.proxy)
+        observation=args.observation, reconstruct=args.reconstruct, proxy=args.proxy,
+        proxy_measure=args.proxy_measure)
 
 
 def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:

@@ -122,7 +122,8 @@ class ChannelPruningEnv(gym.Env):
       checkpoint's data set, or the embedded digits);
     - ``settings`` (``PruningSettings``), or any of its fields as keyword arguments (``criterion``,
       ``min_keep``, ``reward``, ``prior``, ``action_mode``, ``round_to``, ``fill_budget``,
-      ``proxy_images``, ``proxy_steps``, ``adaptive_bn``, ``calib_batches``, ``tolerance``);
+      ``proxy``, ``proxy_measure``, ``proxy_images``, ``proxy_steps``, ``adaptive_bn``, ``calib_batches``,
+      ``tolerance``);
     - ``space``: a prebuilt ``PruningSpace`` of the model, to share between tasks.
     - ``target_range``: (low, high) for sampled targets, default (0.2, 0.9).
     """

@@ -18,6 +18,19 @@ distill        after adaptive BN, ``finetune_steps`` (default 200) SGD steps of 
 recon-distill  reconstruction, then as ``distill``
 ============== ======================================================================================
 
+What the proxy reports of the scored model's predictions on the validation images is its *measure*
+(``MEASURES``; the ``proxy_measure`` setting picks one, for every variant):
+
+============== ======================================================================================
+measure        the score in [0, 1] is ...
+============== ======================================================================================
+accuracy       top-1 accuracy; the default
+soft           the mean probability given to the true label: accuracy without its rounding to 0 or 1
+               per image, so strategies a few images apart still rank by how sure they are
+kl             exp(-KL(base || pruned)) of the softmax outputs, mean KL over the images: how much of
+               the base model's function survives, the thing the distilling fine-tune restores
+============== ======================================================================================
+
 Every variant is deterministic for a strategy: the same calibration, training and validation images,
 in the same order, score every strategy, so scores are comparable and cacheable.
 """
@@ -53,6 +66,26 @@ class ProxyResult:
 
 
 PROXIES: Registry[type[AccuracyProxy]] = Registry("proxy")
+# (pruned model's logits, labels, base model's logits) over the validation images -> score in [0, 1]
+MEASURES: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]] = Registry("proxy measure")
+TEACHER_MEASURES = ("kl",)  # the measures that compare with the base model's logits
+
+
+@MEASURES.register("accuracy")
+def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> float:
+    return (logits.argmax(1) == labels).sum().item() / len(labels)
+
+
+@MEASURES.register("soft")
+def soft_accuracy(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> float:
+    return logits.float().softmax(1).gather(1, labels[:, None]).mean().item()
+
+
+@MEASURES.register("kl")
+def kept_function(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> float:
+    assert teacher is not None, "the kl measure needs the base model's logits"
+    kl = F.kl_div(logits.float().log_softmax(1), teacher.float().log_softmax(1), reduction="batchmean", log_target=True)
+    return float(torch.exp(-kl.clamp(min=0)).item())
 
 
 def create_proxy(name: str, splits: DataSplits, **options: Any) -> AccuracyProxy:
@@ -75,7 +108,9 @@ class AccuracyProxy:
         distillation, 0 means ``DISTILL_STEPS``).
     :param reconstruct_images: calibration images of the least-squares reconstruction of the ``recon-*``
         variants (0: ``RECONSTRUCT_IMAGES``); ignored by the others.
-    :param teacher: the base model, for the ``distill`` variants (never modified).
+    :param teacher: the base model, for the ``distill`` variants and the ``kl`` measure (never modified).
+    :param measure: what is reported of the validation predictions (``MEASURES``): ``accuracy``,
+        ``soft`` or ``kl``.
     """
 
     name = "bn"
@@ -85,7 +120,7 @@ class AccuracyProxy:
     def __init__(self, splits: DataSplits, num_images: int | None = None, adaptive_bn: bool = True,
                  calib_batches: int = 4, batch_size: int = 256, cache_size: int = 20000, finetune_steps: int = 0,
                  finetune_lr: float = 0.01, finetune_batch_size: int = 64, reconstruct_images: int = 0,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, measure: str = "accuracy") -> None:
         n_val = len(splits.val)
         num_images = n_val if num_images is None else num_images
         if num_images > n_val:
@@ -106,9 +141,13 @@ class AccuracyProxy:
             raise AutopruneError(f"reconstruct_images must be >= 0, got {reconstruct_images}")
         self.finetune_steps, self.finetune_lr, self.finetune_batch_size = finetune_steps, finetune_lr, finetune_batch_size
         self._train = splits.train
-        if self.distills and teacher is None:
-            raise AutopruneError(f"the {self.name} proxy distils from the base model: pass it as teacher=")
-        self.teacher = teacher if self.distills else None
+        self.measure_name, self.measure = measure, MEASURES.get(measure)
+        needs_teacher = self.distills or measure in TEACHER_MEASURES
+        if needs_teacher and teacher is None:
+            what = f"the {self.name} proxy distils" if self.distills else f"the {measure} measure compares"
+            raise AutopruneError(f"{what} with the base model: pass it as teacher=")
+        self.teacher = teacher if needs_teacher else None
+        self._val_teacher_logits: torch.Tensor | None = None  # the base model's, computed once
         # the calibration batches the strategy's model is built with (PruningSpace.apply(reconstruct=...));
         # None: whatever the task builds (reconstructed only where the `reconstruct` setting asks)
         self.reconstruction: list[torch.Tensor] | None = None
@@ -134,18 +173,28 @@ class AccuracyProxy:
 
     @torch.inference_mode(False)
     def score(self, model: nn.Module) -> float:
-        """Accuracy in [0, 1] of ``model`` (built as ``reconstruction`` says; adapted in place)."""
+        """The measure in [0, 1] of ``model`` (built as ``reconstruction`` says; adapted in place)."""
         model = model.to(memory_format=torch.channels_last)
         if self.adaptive_bn:
             recalibrate_bn(model, self.calib_batches)
         if self.finetune_steps:
             self._adapt(model)
+        labels = torch.cat([y for _, y in self.val_batches])
+        return self.measure(self._val_logits(model), labels, self._teacher_val_logits())
+
+    def _val_logits(self, model: nn.Module) -> torch.Tensor:
+        was_training = model.training
         model.eval()
-        correct = 0
         with torch.inference_mode():
-            for x, y in self.val_batches:
-                correct += (model(x).argmax(1) == y).sum().item()
-        return correct / self.num_images
+            logits = torch.cat([model(x).float() for x, _ in self.val_batches])
+        model.train(was_training)
+        return logits
+
+    def _teacher_val_logits(self) -> torch.Tensor | None:
+        if self.measure_name in TEACHER_MEASURES and self._val_teacher_logits is None:
+            assert self.teacher is not None
+            self._val_teacher_logits = self._val_logits(self.teacher)
+        return self._val_teacher_logits
 
     def _adapt(self, model: nn.Module) -> None:
         """``finetune_steps`` SGD steps on augmented training batches; the same batches for every

@@ -30,6 +30,9 @@ class PruningSettings:
     - ``proxy``: how a strategy is scored (``autoprune.task.proxy.PROXIES``): ``bn`` (adaptive BN, the
       default), ``recon-bn`` (least-squares reconstruction first), ``distill`` (distillation steps
       towards the base model after adaptive BN), ``recon-distill`` (both).
+    - ``proxy_measure``: what the proxy reports of the validation predictions
+      (``autoprune.task.proxy.MEASURES``): ``accuracy`` (top-1, the default), ``soft`` (mean probability
+      of the true label) or ``kl`` (exp(-KL) of the base model's outputs to the pruned model's).
     - ``proxy_images``: validation images the proxy scores (None: all of the split).
     - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy (``bn``:
       cross-entropy steps, 0 by default; ``distill`` variants: distillation steps, 0 meaning their default).
@@ -57,19 +60,21 @@ class PruningSettings:
     observation: str = "layer"
     reconstruct: int = 0
     proxy: str = "bn"
+    proxy_measure: str = "accuracy"
 
     def __post_init__(self) -> None:
         from autoprune.pruning import list_criteria
         from autoprune.task.episode import ACTION_MODES, PRIORS
         from autoprune.task.observation import OBSERVATIONS
-        from autoprune.task.proxy import PROXIES
+        from autoprune.task.proxy import MEASURES, PROXIES
         from autoprune.task.rewards import REWARDS
 
         for value, registry, what in ((self.criterion, list_criteria(), "criterion"),
                                       (self.action_mode, ACTION_MODES.names(), "action mode"),
                                       (self.prior, PRIORS.names(), "prior"), (self.reward, REWARDS.names(), "reward"),
                                       (self.observation, OBSERVATIONS.names(), "observation"),
-                                      (self.proxy, PROXIES.names(), "proxy")):
+                                      (self.proxy, PROXIES.names(), "proxy"),
+                                      (self.proxy_measure, MEASURES.names(), "proxy measure")):
             if value not in registry:
                 raise AutopruneError(f"unknown {what} {value!r}; choose one of {', '.join(registry)}")
         if not 0 < self.min_keep <= 1:

@@ -31,12 +31,13 @@ IMPORTANCE_BATCH = 64  # training batch size of data-dependent importance criter
 
 
 def make_proxy(settings: PruningSettings, model: nn.Module, splits: DataSplits, **options: Any) -> AccuracyProxy:
-    """The accuracy proxy ``settings`` name (``proxy``, ``proxy_images``, ``proxy_steps``, ``adaptive_bn``,
-    ``calib_batches``, ``reconstruct``) for base model ``model``; ``options``: further ``AccuracyProxy``
+    """The accuracy proxy ``settings`` name (``proxy``, ``proxy_measure``, ``proxy_images``, ``proxy_steps``,
+    ``adaptive_bn``, ``calib_batches``, ``reconstruct``) for base model ``model``; ``options``: further ``AccuracyProxy``
     arguments (e.g. ``finetune_lr``)."""
     return create_proxy(settings.proxy, splits, **{
         "num_images": settings.proxy_images, "adaptive_bn": settings.adaptive_bn, "calib_batches": settings.calib_batches,
-        "finetune_steps": settings.proxy_steps, "reconstruct_images": settings.reconstruct, "teacher": model, **options})
+        "finetune_steps": settings.proxy_steps, "reconstruct_images": settings.reconstruct, "teacher": model,
+        "measure": settings.proxy_measure, **options})
 
 
 def importance_data(splits: DataSplits) -> BatchLoader:
@@ -85,7 +86,7 @@ class PruningTask:
         self._baselines: dict[float, float] = baselines if baselines is not None else {}
         self.reconstruction_batches = reconstruction_batches(splits, self.settings.reconstruct)
 
-    PROXY_FIELDS = ("proxy", "proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to",
+    PROXY_FIELDS = ("proxy", "proxy_measure", "proxy_images", "proxy_steps", "adaptive_bn", "calib_batches", "criterion", "round_to",
                     "reconstruct")
 
     def derive(self, **changes: Any) -> PruningTask:
