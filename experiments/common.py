@@ -67,6 +67,22 @@ def write_report(name: str, config: Any, results: dict[str, Any], markdown: str,
     print(markdown)
 
 
+def finetuned_runs(row: dict[str, Any] | None) -> np.ndarray:
+    """An ``evaluate`` report row's fine-tuned test accuracies, one per seed (empty when the row is missing
+    or was not fine-tuned)."""
+    if row is None:
+        return np.zeros(0)
+    single = row.get("finetuned_test_accuracy")
+    return np.asarray(row.get("finetuned_test_accuracies") or ([] if single is None else [single]), dtype=float)
+
+
+def mean_std_cell(values: np.ndarray) -> str:
+    """``mean ± std`` of a row's seeds for a Markdown table (— when there are none)."""
+    if len(values) == 0:
+        return "—"
+    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+
+
 def smoke_splits(splits: DataSplits, finetune_images: int, eval_images: int, seed: int = 0) -> DataSplits:
     """``splits`` cut for smoke runs: a fixed random subset of ``finetune_images`` training images and the
     first ``eval_images`` validation and test images (0: the whole split)."""

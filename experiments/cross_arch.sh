@@ -7,7 +7,8 @@
 # 2. one conditional search over targets 0.25:0.75 (resumes), policies/<arch>-cifar10/;
 # 3. the policy against uniform, global ranking and Torch-Pruning's own global pruning at five targets,
 #    and AMC (one search of the same episode count) at 0.5, every method with the same fine-tune and
-#    paired seeds; the two reports merged into docs/results/<arch>-cifar10/;
+#    paired seeds; the two reports merged into docs/results/<arch>-cifar10/, and the policy set against
+#    each baseline target by target (paired differences, verdicts) in its policy_vs_baselines.md;
 # 4. the longer fine-tune check: policy, global ranking and uniform at 0.5 with LONG_EPOCHS (10) epochs
 #    of the default recipe (one-cycle, distillation), one seed, in docs/results/<arch>-cifar10/long/ --
 #    do the ranks of the one-epoch comparison hold when users fine-tune properly?
@@ -44,6 +45,8 @@ ap evaluate --checkpoint "$CKPT" --data-dir "$DATA" --proxy-images "$PROXY" \
     --targets "$AMC_TARGETS" --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" --out "$REPORT/runs/amc" \
     $(resumable "$REPORT/runs/amc")
 $PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"
+$PY -m experiments.policy_vs_baselines --reports "$REPORT/runs/policy" "$REPORT/runs/amc" \
+    --out-dir "$REPORT" --name policy_vs_baselines
 
 ap evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" --targets "${LONG_TARGETS:-0.5}" \
     --baselines uniform,global --policy-best-of 8 --finetune-epochs "${LONG_EPOCHS:-10}" --finetune-seeds 1 --seed 0 --workers "$WORKERS" \

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The real-data result: one conditional search on ResNet-20 / CIFAR-10, then the policy against
-# uniform and global ranking at five targets, and AMC (one search per target, the same episode count)
-# at the three targets 0.3 / 0.5 / 0.7, all under the same fine-tune budget (one epoch, bf16 autocast,
-# repeated with three seeds). The AMC runs go in a second process beside the policy's (one thread
-# each); the two reports are then merged. Then the same search with a second seed, evaluated alone,
-# shows how much one search's result depends on its seed. Every step resumes where it stopped when
-# the script is run again.
+# uniform and global ranking at six targets (0.25 and 0.42 / 0.63, which no episode fixes, among them),
+# and AMC (one search per target, the same episode count) at 0.3 / 0.5 / 0.7, all under the same
+# fine-tune (the default recipe, one epoch, repeated with three paired seeds; PRECISION=bf16 where the
+# CPU has bf16 units). The AMC runs go in a second process beside the policy's (one thread each); the
+# two reports are then merged. Then the same search with a second seed, evaluated alone under the same
+# fine-tune, shows how much one search's result depends on its seed; experiments.policy_vs_baselines
+# sets both search seeds against every baseline, target by target, with paired seeds. Every step
+# resumes where it stopped when the script is run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
@@ -18,8 +20,9 @@ POLICY_SEED1=${POLICY_SEED1:-policies/resnet20-cifar10-seed1}
 REPORT=${REPORT:-docs/results/resnet20-cifar10}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
+TARGETS=${TARGETS:-0.25,0.3,0.42,0.5,0.63,0.7}
 SEEDS=${SEEDS:-3}  # every fine-tune is repeated with this many seeds: mean ± std per row
-FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" --precision bf16 --seed 0)
+FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" ${PRECISION:+--precision "$PRECISION"} --seed 0)
 
 resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
 
@@ -35,7 +38,7 @@ search() {  # search SEED OUT
 
 evaluate_policy() {  # evaluate_policy POLICY_DIR BASELINES REPORT_DIR
     $AP --threads 1 evaluate --policy "$1" --checkpoint "$CKPT" --data-dir "$DATA" \
-        --targets 0.3,0.42,0.5,0.63,0.7 --baselines "$2" --policy-best-of 8 "${FT[@]}" \
+        --targets "$TARGETS" --baselines "$2" --policy-best-of 8 "${FT[@]}" \
         --out "$3" $(resumable "$3")
 }
 
@@ -58,3 +61,5 @@ amc_run > logs/resnet20-amc.log 2>&1 & amc_pid=$!
 wait $policy_pid || { echo "policy run failed: see logs/resnet20-policy.log" >&2; exit 1; }
 wait $amc_pid || { echo "AMC run failed: see logs/resnet20-amc.log" >&2; exit 1; }
 $PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"
+$PY -m experiments.policy_vs_baselines --reports "$REPORT/runs/policy" "$REPORT/runs/amc" \
+    --policy "search seed 1=$REPORT/search-seed1" --name policy_vs_baselines_resnet20

@@ -27,7 +27,7 @@ import tyro
 
 from autoprune.agents.evaluate import mean_and_standard_error, policy_search_seconds
 from autoprune.errors import AutopruneError
-from experiments.common import write_report
+from experiments.common import finetuned_runs, mean_std_cell, write_report
 from experiments.merge_reports import SHARED
 
 BASELINES = ("global", "uniform", "tp-global")
@@ -51,20 +51,6 @@ def load(directory: str) -> dict[str, Any]:
     return report
 
 
-def runs(row: dict[str, Any] | None) -> np.ndarray:
-    """The row's fine-tuned accuracies, one per seed (empty when the row is missing or was not fine-tuned)."""
-    if row is None:
-        return np.zeros(0)
-    return np.asarray(row.get("finetuned_test_accuracies") or ([] if row.get("finetuned_test_accuracy") is None
-                                                                else [row["finetuned_test_accuracy"]]), dtype=float)
-
-
-def cell(values: np.ndarray) -> str:
-    if len(values) == 0:
-        return "—"
-    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-
-
 def main(cfg: Config) -> dict[str, Any]:
     own = load(cfg.own)
     others: dict[str, dict[str, Any]] = {}
@@ -86,18 +72,18 @@ def main(cfg: Config) -> dict[str, Any]:
     lines = [f"Fine-tuned test accuracy (%) on {arch}, mean ± std over paired seeds", "",
              "| target | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for t in targets:
-        lines.append(f"| {t:.2f} | " + " | ".join(cell(runs(table.get((c, t)))) for c in columns) + " |")
-    own_mean = float(np.mean([runs(table.get(("policy (own)", t))).mean() for t in targets]))
+        lines.append(f"| {t:.2f} | " + " | ".join(mean_std_cell(finetuned_runs(table.get((c, t)))) for c in columns) + " |")
+    own_mean = float(np.mean([finetuned_runs(table.get(("policy (own)", t))).mean() for t in targets]))
     own_seconds = policy_search_seconds(own["rows"])
     verdicts: dict[str, Any] = {}
     lines.append("")
     for label, report in others.items():
         per_target = {}
         for t in targets:
-            mine, uni = runs(table.get((label, t))), runs(table.get(("uniform", t)))
+            mine, uni = finetuned_runs(table.get((label, t))), finetuned_runs(table.get(("uniform", t)))
             if len(mine) and len(mine) == len(uni):
                 per_target[t] = mean_and_standard_error(mine - uni)
-        means = [m.mean() for m in (runs(table.get((label, t))) for t in targets) if len(m)]
+        means = [m.mean() for m in (finetuned_runs(table.get((label, t))) for t in targets) if len(m)]
         mean = float(np.mean(means)) if len(means) == len(targets) else None
         seconds = policy_search_seconds(report["rows"])
         verdicts[label] = {"minus_uniform": per_target, "five_target_mean": mean, "own_mean": own_mean,
@@ -112,7 +98,7 @@ def main(cfg: Config) -> dict[str, Any]:
                          f"{own_seconds:.0f} s ({seconds / max(own_seconds, 1e-9):.2f}x; a zero-shot policy's time is "
                          "its search on the other model).")
     results = {"arch": arch, "columns": columns, "targets": targets,
-               "cells": {f"{c}@{t:g}": runs(table.get((c, t))).tolist() for c in columns for t in targets},
+               "cells": {f"{c}@{t:g}": finetuned_runs(table.get((c, t))).tolist() for c in columns for t in targets},
                "verdicts": verdicts}
     write_report(cfg.name, cfg, results, "\n".join(lines), cfg.out_dir)
     return results

@@ -295,3 +295,48 @@ def test_sparsity_study_pairs_equal_budgets_and_resumes(trained_small, sparse_sm
         with pytest.raises(AutopruneError, match=message):
             sparsity_study.main(dataclasses.replace(cfg, name="bad", **bad))
     assert calls == [] and not (tmp_path / "bad.json").exists()
+
+
+def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tmp_path):
+    """``experiments.policy_vs_baselines`` on hand-made reports: a second report's policy rows enter under
+    their label, AMC from a third report joins the baselines, and the verdicts follow two standard errors."""
+    import json
+
+    from autoprune.errors import AutopruneError
+    from experiments.policy_vs_baselines import Config, main
+
+    config = {"base_fingerprint": "f", "data": "cifar10", "finetune_epochs": 1, "finetune_seeds": 3, "seed": 0}
+
+    def report(name, rows, **changes):
+        rows = [{"method": m, "target": t, "finetuned_test_accuracies": runs} for m, t, runs in rows]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"config": config | changes, "rows": rows}))
+        return str(tmp_path / name)
+
+    own = report("own", [("policy", 0.3, [80.0, 80.2, 80.4]), ("global", 0.3, [79.0, 79.3, 79.4]),
+                         ("uniform", 0.3, [80.1, 80.0, 80.6]),
+                         ("policy", 0.5, [70.0, 70.1, 70.2]), ("global", 0.5, [71.0, 71.1, 71.3]),
+                         ("uniform", 0.5, [69.0, 69.5, 69.8])])
+    amc = report("amc", [("amc", 0.5, [70.5, 69.0, 70.9])])
+    seed1 = report("seed1", [("policy", 0.3, [78.0, 78.1, 78.2]), ("policy", 0.5, [70.2, 70.3, 70.1])])
+    results = main(Config(reports=[own, amc], policy=[f"seed 1={seed1}"], name="pvb", out_dir=str(tmp_path / "docs")))
+    assert results["policies"] == ["policy", "seed 1"] and results["baselines"] == ["amc", "global", "uniform"]
+    versus_global = results["comparisons"]["policy"]["global"]
+    assert versus_global["per_target"]["0.3"]["mean"] == pytest.approx(0.9667, abs=1e-3)
+    assert versus_global["per_target"]["0.3"]["verdict"] == "ahead"
+    assert versus_global["per_target"]["0.5"]["verdict"] == "behind"
+    assert (versus_global["ahead"], versus_global["behind"], versus_global["at_least"]) == (1, 1, 1)
+    versus_uniform = results["comparisons"]["policy"]["uniform"]
+    assert versus_uniform["per_target"]["0.3"]["verdict"] == "within noise" and versus_uniform["targets"] == 2
+    assert results["comparisons"]["policy"]["amc"]["targets"] == 1  # AMC ran at 0.5 only
+    assert results["comparisons"]["seed 1"]["global"]["per_target"]["0.3"]["verdict"] == "behind"
+    markdown = (tmp_path / "docs" / "pvb.md").read_text()
+    assert "**seed 1** − baseline" in markdown and "vs global: ahead beyond the noise at 1 of 2 targets" in markdown
+
+    other = report("other", [("policy", 0.3, [1.0])], finetune_seeds=1)
+    with pytest.raises(AutopruneError, match="finetune_seeds: not comparable"):
+        main(Config(reports=[own], policy=[f"x={other}"], out_dir=str(tmp_path / "docs")))
+    with pytest.raises(AutopruneError, match="already a method"):
+        main(Config(reports=[own], policy=[f"global={seed1}"], out_dir=str(tmp_path / "docs")))
+    with pytest.raises(AutopruneError, match="no policy rows"):
+        main(Config(reports=[amc], out_dir=str(tmp_path / "docs")))
