@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune import models
 from autoprune.pruning import PruningSpace
-from experiments.common import write_report
+from experiments.common import run_script, write_report
 
 
 @dataclass
@@ -46,4 +45,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

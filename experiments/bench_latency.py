@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune import models
 from autoprune.checkpoint import load_model, save_model
 from autoprune.deploy.bench import bench, format_table, parse_batches
 from autoprune.pruning import PruningSpace
-from experiments.common import shaped_strategy, write_report
+from experiments.common import run_script, shaped_strategy, write_report
 
 
 @dataclass
@@ -116,4 +115,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass
 
 import torch
-import tyro
 from stable_baselines3 import TD3
 
 from autoprune.agents import SearchConfig, search
 from autoprune.agents.parallel import connect, disconnect
 from autoprune.task import PruningTask
-from experiments.common import TaskConfig, checkpoint_task, write_report
+from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
@@ -91,4 +90,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

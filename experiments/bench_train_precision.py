@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import tyro
 
 from autoprune import models
-from experiments.common import write_report
+from experiments.common import run_script, write_report
 
 
 @dataclass
@@ -69,4 +68,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

@@ -10,12 +10,15 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import tyro
 
+from autoprune.errors import AutopruneError
 from autoprune.utils import versions, write_text_atomic
 
 if TYPE_CHECKING:
@@ -39,6 +42,18 @@ def checkpoint_task(cfg: TaskConfig) -> PruningTask:
 
     return PruningTask.from_checkpoint(cfg.checkpoint, PruningSettings(proxy_images=cfg.proxy_images),
                                        data_dir=cfg.data_dir or None)
+
+
+def run_script(main: Callable[[Any], Any], config: type) -> None:
+    """An experiment script's command line: ``config`` parsed by tyro (the script's docstring as its
+    help), then ``main``; an ``AutopruneError`` ends it with a one-line error and exit status 2."""
+    module = sys.modules[main.__module__]
+    name = Path(module.__file__ or "experiment").stem
+    try:
+        main(tyro.cli(config, description=module.__doc__))
+    except AutopruneError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def command_line(module: str | None = None) -> str:

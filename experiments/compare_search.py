@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune.agents import SearchConfig, search
-from experiments.common import TaskConfig, checkpoint_task, write_report
+from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
@@ -65,4 +64,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

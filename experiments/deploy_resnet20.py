@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import tyro
 
 from autoprune.checkpoint import load_model, save_model
 from autoprune.data import BatchLoader
@@ -19,7 +18,7 @@ from autoprune.pruning import PruningSpace, count_flops, count_params
 from autoprune.recovery import FinetuneRecipe, finetune
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import seed_everything
-from experiments.common import bench_in_fresh_processes, shaped_strategy, write_report
+from experiments.common import bench_in_fresh_processes, run_script, shaped_strategy, write_report
 
 
 @dataclass
@@ -146,4 +145,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

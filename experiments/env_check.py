@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune import models
 from autoprune.checkpoint import load_model
 from autoprune.data import load_splits
 from autoprune.envs import ChannelPruningEnv
 from autoprune.task import PruningSettings, PruningTask
-from experiments.common import TaskConfig, write_report
+from experiments.common import TaskConfig, run_script, write_report
 
 
 @dataclass
@@ -67,4 +66,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

@@ -33,12 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from experiments.common import TaskConfig, hms, save_report, smoke_splits
+from experiments.common import TaskConfig, hms, run_script, save_report, smoke_splits
 
 FORMAT = "autoprune.fidelity/1"
 GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "rollout_noise", "search_episodes",
@@ -277,4 +276,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

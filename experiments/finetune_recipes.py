@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune.checkpoint import load_model
 from autoprune.data import load_splits
 from autoprune.pruning import PruningSpace
 from autoprune.recovery import FinetuneRecipe, finetune
 from autoprune.training import evaluate
-from experiments.common import write_report
+from experiments.common import run_script, write_report
 
 # name -> recipe changes from the library default; "kd" distils from the unpruned model
 RECIPES = {
@@ -92,4 +91,4 @@ def _table(rows: list[dict], cfg: Config) -> str:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config))
+    run_script(main, Config)

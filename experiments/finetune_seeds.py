@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune.agents.common import fingerprint
 from autoprune.checkpoint import load_model
@@ -29,7 +28,7 @@ from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.training import recalibrate_bn
-from experiments.common import write_report
+from experiments.common import run_script, write_report
 
 
 @dataclass
@@ -109,4 +108,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

@@ -19,17 +19,15 @@ of the means over all targets.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tyro
 
 from autoprune.agents.evaluate import mean_and_standard_error
 from autoprune.errors import AutopruneError
-from experiments.common import finetuned_runs, mean_std_cell, write_report
+from experiments.common import finetuned_runs, mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED, merge
 
 POLICY = "policy"
@@ -126,8 +124,4 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Config, description=__doc__))
-    except AutopruneError as exc:
-        print(f"policy_vs_baselines: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, Config)

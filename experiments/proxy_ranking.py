@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 from scipy.stats import spearmanr
 
 from autoprune.task import AccuracyProxy
-from experiments.common import TaskConfig, checkpoint_task, write_report
+from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
@@ -74,4 +73,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

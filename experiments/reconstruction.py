@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from experiments.common import write_report
+from experiments.common import run_script, write_report
 
 
 @dataclass
@@ -90,4 +89,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

@@ -30,14 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import tyro
 from scipy.stats import spearmanr
 
 from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.task.proxy import PROXIES
 from autoprune.task.task import make_proxy
-from experiments.common import TaskConfig, write_report
+from experiments.common import TaskConfig, run_script, write_report
 
 # spec option -> (AccuracyProxy argument, type)
 OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "images": ("num_images", int),
@@ -188,4 +187,4 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config, description=__doc__))
+    run_script(main, Config)

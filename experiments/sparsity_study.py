@@ -44,7 +44,6 @@ A smoke run of the plain rows on the committed ResNet-20 and its policy (about t
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +51,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import tyro
 
 from autoprune.agents.baselines import list_searchers
 from autoprune.agents.common import fingerprint
@@ -67,7 +65,7 @@ from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningSettings, PruningTask, importance_data
 from autoprune.training import set_training_device
 from autoprune.utils import seed_everything
-from experiments.common import hms, save_report, smoke_splits
+from experiments.common import hms, run_script, save_report, smoke_splits
 
 FORMAT = "autoprune.sparsity_study/1"
 BASES = ("plain", "sparse")
@@ -325,8 +323,4 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Config, description=__doc__))
-    except AutopruneError as exc:
-        print(f"sparsity_study: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, Config)

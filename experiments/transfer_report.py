@@ -17,17 +17,15 @@ search time (the adaptation's own episodes for an adapted policy) against the ow
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tyro
 
 from autoprune.agents.evaluate import mean_and_standard_error, policy_search_seconds
 from autoprune.errors import AutopruneError
-from experiments.common import finetuned_runs, mean_std_cell, write_report
+from experiments.common import finetuned_runs, mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED
 
 BASELINES = ("global", "uniform", "tp-global")
@@ -105,8 +103,4 @@ def main(cfg: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Config))
-    except AutopruneError as exc:
-        print(f"transfer_report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, Config)

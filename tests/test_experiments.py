@@ -340,3 +340,18 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
         main(Config(reports=[own], policy=[f"global={seed1}"], out_dir=str(tmp_path / "docs")))
     with pytest.raises(AutopruneError, match="no policy rows"):
         main(Config(reports=[amc], out_dir=str(tmp_path / "docs")))
+
+
+def test_scripts_end_on_a_one_line_error(tmp_path):
+    """``experiments.common.run_script``: an ``AutopruneError`` is one line on stderr and exit status 2."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "experiments.policy_vs_baselines", "--reports", str(tmp_path / "none")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"policy_vs_baselines: error: {tmp_path / 'none' / 'results.json'} does not exist: "
+        f"run `autoprune evaluate --out {tmp_path / 'none'}` first"]
+    for script in CONFIGURED:  # every script's command line goes through run_script
+        assert (ROOT / "experiments" / f"{script}.py").read_text().rstrip().endswith("run_script(main, Config)"), script
