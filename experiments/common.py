@@ -82,15 +82,6 @@ def write_report(name: str, config: Any, results: dict[str, Any], markdown: str,
     print(markdown)
 
 
-def finetuned_runs(row: dict[str, Any] | None) -> np.ndarray:
-    """An ``evaluate`` report row's fine-tuned test accuracies, one per seed (empty when the row is missing
-    or was not fine-tuned)."""
-    if row is None:
-        return np.zeros(0)
-    single = row.get("finetuned_test_accuracy")
-    return np.asarray(row.get("finetuned_test_accuracies") or ([] if single is None else [single]), dtype=float)
-
-
 def mean_std_cell(values: np.ndarray) -> str:
     """``mean ± std`` of a row's seeds for a Markdown table (— when there are none)."""
     if len(values) == 0:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.agents.evaluate import mean_and_standard_error
+from autoprune.agents.report import finetuned_runs, paired_differences
 from autoprune.errors import AutopruneError
-from experiments.common import finetuned_runs, mean_std_cell, run_script, write_report
+from experiments.common import mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED, merge
 
 POLICY = "policy"
@@ -41,25 +41,17 @@ class Config:
     out_dir: str = "docs/results"
 
 
-def verdict(mean: float, err: float | None) -> str:
-    if err is None:
-        return "one seed"
-    if abs(mean) > 2 * err:
-        return "ahead" if mean > 0 else "behind"
-    return "within noise"
-
-
-def collect(cfg: Config) -> tuple[dict[tuple[str, float], dict[str, Any]], list[str]]:
-    """Rows by (method, target), the policies' labels first."""
+def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of every report (another report's policy rows renamed to their label), the policies first."""
     rows, _ = merge([Path(d) for d in cfg.reports])
     reference = json.loads((Path(cfg.reports[0]) / "results.json").read_text())["config"]
-    table = {(r["method"], round(r["target"], 6)): r for r in rows}
-    policies = [POLICY] if any(m == POLICY for m, _ in table) else []
+    methods = {r["method"] for r in rows}
+    policies = [POLICY] if POLICY in methods else []
     for spec in cfg.policy:
         label, sep, directory = spec.partition("=")
         if not sep or not label or not directory:
             raise AutopruneError(f"--policy takes LABEL=DIR, got {spec!r}")
-        if label in {m for m, _ in table}:
+        if label in methods:
             raise AutopruneError(f"--policy label {label!r} is already a method of the reports: pick another")
         path = Path(directory) / "results.json"
         if not path.is_file():
@@ -68,17 +60,19 @@ def collect(cfg: Config) -> tuple[dict[tuple[str, float], dict[str, Any]], list[
         differ = [k for k in SHARED if report["config"].get(k) != reference.get(k)]
         if differ:
             raise AutopruneError(f"{directory} differs from {cfg.reports[0]} in {', '.join(differ)}: not comparable")
-        table |= {(label, round(r["target"], 6)): r for r in report["rows"] if r["method"] == POLICY}
+        rows += [r | {"method": label} for r in report["rows"] if r["method"] == POLICY]
+        methods.add(label)
         policies.append(label)
     if not policies:
         raise AutopruneError("no policy rows: give a report of `autoprune evaluate --policy ...` or --policy LABEL=DIR")
-    return table, policies
+    return rows, policies
 
 
 def main(cfg: Config) -> dict[str, Any]:
-    table, policies = collect(cfg)
-    methods = [*policies, *sorted({m for m, _ in table} - set(policies))]
-    baselines = methods[len(policies):]
+    rows, policies = collect(cfg)
+    table = {(r["method"], round(r["target"], 6)): r for r in rows}
+    baselines = sorted({r["method"] for r in rows} - set(policies))
+    methods = [*policies, *baselines]
     targets = sorted({t for _, t in table})
     lines = ["Fine-tuned test accuracy (%), mean ± std over paired seeds", "",
              "| target | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
@@ -86,36 +80,26 @@ def main(cfg: Config) -> dict[str, Any]:
         lines.append(f"| {t:.2f} | " + " | ".join(mean_std_cell(finetuned_runs(table.get((m, t)))) for m in methods) + " |")
     comparisons: dict[str, dict[str, Any]] = {}
     for policy in policies:
+        found = {baseline: paired_differences(rows, policy, baseline) for baseline in baselines}
         lines += ["", f"**{policy}** − baseline, paired mean ± standard error (points) and verdict:", "",
                   "| target | " + " | ".join(baselines) + " |", "|" + "---|" * (len(baselines) + 1)]
-        per_baseline: dict[str, Any] = {}
-        for baseline in baselines:
-            per_target = {}
-            for t in targets:
-                mine, theirs = finetuned_runs(table.get((policy, t))), finetuned_runs(table.get((baseline, t)))
-                if len(mine) and len(mine) == len(theirs):
-                    mean, err = mean_and_standard_error(mine - theirs)
-                    per_target[f"{t:g}"] = {"mean": mean, "standard_error": err, "verdict": verdict(mean, err)}
-            per_baseline[baseline] = {
-                "per_target": per_target, "targets": len(per_target),
-                "ahead": sum(v["verdict"] == "ahead" for v in per_target.values()),
-                "behind": sum(v["verdict"] == "behind" for v in per_target.values()),
-                "at_least": sum(v["mean"] >= 0 for v in per_target.values()),
-                "mean_difference": float(np.mean([v["mean"] for v in per_target.values()])) if per_target else None}
         for t in targets:
-            cells = []
-            for baseline in baselines:
-                d = per_baseline[baseline]["per_target"].get(f"{t:g}")
-                cells.append("—" if d is None else f"{d['mean']:+.2f}" + (
-                    f" ± {d['standard_error']:.2f}" if d["standard_error"] is not None else "") + f" ({d['verdict']})")
+            cells = [f"{found[b][t]} ({found[b][t].verdict})" if t in found[b] else "—" for b in baselines]
             lines.append(f"| {t:.2f} | " + " | ".join(cells) + " |")
         lines.append("")
-        for baseline, s in per_baseline.items():
-            if s["targets"]:
-                lines.append(f"- vs {baseline}: ahead beyond the noise at {s['ahead']} of {s['targets']} targets, behind at "
-                             f"{s['behind']}; paired mean ≥ {baseline}'s at {s['at_least']} of {s['targets']}; mean "
-                             f"difference over those targets {s['mean_difference']:+.2f} points.")
-        comparisons[policy] = per_baseline
+        comparisons[policy] = {}
+        for baseline, per_target in found.items():
+            diffs = list(per_target.values())
+            summary = {"per_target": {f"{t:g}": {"mean": d.mean, "standard_error": d.standard_error, "verdict": d.verdict}
+                                      for t, d in per_target.items()},
+                       "targets": len(diffs), "ahead": sum(d.verdict == "ahead" for d in diffs),
+                       "behind": sum(d.verdict == "behind" for d in diffs), "at_least": sum(d.mean >= 0 for d in diffs),
+                       "mean_difference": float(np.mean([d.mean for d in diffs])) if diffs else None}
+            comparisons[policy][baseline] = summary
+            if diffs:
+                lines.append(f"- vs {baseline}: ahead beyond the noise at {summary['ahead']} of {len(diffs)} targets, "
+                             f"behind at {summary['behind']}; paired mean ≥ {baseline}'s at {summary['at_least']} of "
+                             f"{len(diffs)}; mean difference over those targets {summary['mean_difference']:+.2f} points.")
     results = {"reports": cfg.reports, "policies": policies, "baselines": baselines, "targets": targets,
                "cells": {f"{m}@{t:g}": finetuned_runs(table.get((m, t))).tolist() for m in methods for t in targets},
                "comparisons": comparisons}

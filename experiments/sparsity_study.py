@@ -54,9 +54,9 @@ import torch
 
 from autoprune.agents.baselines import list_searchers
 from autoprune.agents.common import fingerprint
-from autoprune.agents.evaluate import mean_and_standard_error
 from autoprune.agents.policy import ConditionalPolicy, load_policy, read_policy
 from autoprune.agents.query import prune_to_target
+from autoprune.agents.report import mean_and_standard_error
 from autoprune.checkpoint import read_checkpoint
 from autoprune.data import DataSplits, load_splits
 from autoprune.errors import AutopruneError

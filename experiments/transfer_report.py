@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.agents.evaluate import mean_and_standard_error, policy_search_seconds
+from autoprune.agents.evaluate import policy_search_seconds
+from autoprune.agents.report import finetuned_runs, mean_and_standard_error
 from autoprune.errors import AutopruneError
-from experiments.common import finetuned_runs, mean_std_cell, run_script, write_report
+from experiments.common import mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED
 
 BASELINES = ("global", "uniform", "tp-global")

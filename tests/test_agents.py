@@ -15,7 +15,6 @@ from autoprune.agents.baselines import create_searcher, list_searchers
 from autoprune.agents.evaluate import (
     evaluate_methods,
     markdown_table,
-    mean_and_standard_error,
     paired_verdicts,
     write_report,
 )
@@ -339,6 +338,7 @@ def test_report_joins_architectures_into_one_table_and_figure(tmp_path):
     def row(method, target, acc, std):
         return {"method": method, "target": target, "achieved_flops_ratio": target - 0.003, "params": 1, "proxy_accuracy": 0.5,
                 "test_accuracy": 40.0, "finetuned_test_accuracy": acc, "finetuned_test_accuracy_std": std,
+                "finetuned_test_accuracies": [acc - std, acc + std],
                 "search_episodes": 0, "search_seconds": 0.0, "strategy": [1.0], "kept_channels": [1]}
 
     for arch, shift in (("resnet56", 0.0), ("vgg16_bn", 2.0)):
@@ -349,6 +349,8 @@ def test_report_joins_architectures_into_one_table_and_figure(tmp_path):
     table = (out / "cross_arch.md").read_text()
     assert "| resnet56 | 93.00 | 0.30 | **83.50 ± 0.20** | 83.00 ± 0.20 |" in table
     assert "| vgg16_bn | | mean over targets | 86.50 | 86.00 |" in table
+    # the same seeds shift both methods alike: the +0.5 is beyond any noise at both targets
+    assert "- resnet56, policy − uniform: +0.50 on average over 2 target(s); paired mean ≥ 0 at 2, ahead at 2" in table
     assert (out / "cross_arch.png").stat().st_size > 1000
     assert len(json.loads((out / "cross_arch.json").read_text())["reports"]) == 2
     assert main(["report", str(tmp_path / "resnet56-cifar10"), str(tmp_path / "missing"), "--out", str(tmp_path / "bad")]) == 2
@@ -394,6 +396,8 @@ def test_every_baseline_is_listed_with_a_summary(capsys):
 
 
 def test_paired_verdicts_resolve_a_difference_only_beyond_two_standard_errors():
+    from autoprune.agents.report import mean_and_standard_error
+
     assert mean_and_standard_error([1.0, 3.0]) == (2.0, 1.0) and mean_and_standard_error([0.5]) == (0.5, None)
 
     def row(method, target, runs):

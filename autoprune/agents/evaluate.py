@@ -27,6 +27,7 @@ import torch.nn as nn
 from autoprune.agents.baselines import create_searcher
 from autoprune.agents.parallel import parallel_map
 from autoprune.agents.policy import ConditionalPolicy
+from autoprune.agents.report import paired_differences
 from autoprune.agents.searcher import SEARCHERS, SearchResult
 from autoprune.errors import AutopruneError
 from autoprune.pruning import count_params
@@ -175,31 +176,18 @@ def policy_search_seconds(rows: list[dict[str, Any]]) -> float:
     return max((r["search_seconds"] - r.get("query_seconds", 0.0) for r in rows if r["method"] == "policy"), default=0.0)
 
 
-def mean_and_standard_error(differences: Any) -> tuple[float, float | None]:
-    """Mean of paired differences and its standard error (None for a single pair): the one statistic
-    every paired comparison of autoprune reports."""
-    diff = np.asarray(differences, dtype=float)
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
-
-
 def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list[str]:
     """One line per target: ``method`` minus ``other`` over their paired fine-tune seeds, and whether
     the seeds resolve the difference (its mean is more than two standard errors from zero)."""
     lines = []
-    by_key = {(r["method"], round(r["target"], 6)): r for r in rows}
-    for target in sorted({round(r["target"], 6) for r in rows}):
-        a, b = by_key.get((method, target)), by_key.get((other, target))
-        runs_a = (a or {}).get("finetuned_test_accuracies") or []
-        runs_b = (b or {}).get("finetuned_test_accuracies") or []
-        if len(runs_a) < 2 or len(runs_a) != len(runs_b):
+    for target, d in paired_differences(rows, method, other).items():
+        if d.seeds < 2:
             continue
-        mean, err = mean_and_standard_error(np.asarray(runs_a) - np.asarray(runs_b))
-        assert err is not None  # two pairs at least
-        if abs(mean) > 2 * err:
-            verdict = f"{method if mean > 0 else other} ahead, resolved by {len(runs_a)} paired seeds"
+        if d.verdict == "within noise":
+            verdict = f"not resolved: within the seed noise of {d.seeds} paired seeds"
         else:
-            verdict = f"not resolved: within the seed noise of {len(runs_a)} paired seeds"
-        lines.append(f"target {target:.2f}: {method} - {other} = {mean:+.2f} ± {err:.2f} points (standard error); {verdict}")
+            verdict = f"{method if d.mean > 0 else other} ahead, resolved by {d.seeds} paired seeds"
+        lines.append(f"target {target:.2f}: {method} - {other} = {d} points (standard error); {verdict}")
     return lines
 
 

@@ -1,9 +1,15 @@
-"""``autoprune report``: join ``evaluate`` reports of several architectures into one view.
+"""Reading ``evaluate`` reports: paired differences between methods, and ``autoprune report``.
 
-Each input is a report directory (``results.json`` from ``autoprune evaluate``); the output is one
-table -- a row per (architecture, target), a column per method, fine-tuned accuracy as mean ± std over
-the paired seeds -- and one figure with a panel per architecture (accuracy against FLOPs ratio, every
-method, error bars). The architecture's name is the report's recorded base model (else its directory).
+Every method of an ``evaluate`` run is fine-tuned with the same seeds, so two methods at a target are
+compared seed by seed (``paired_differences``): the mean difference, its standard error, and a verdict
+-- ahead or behind when the mean is more than two standard errors from zero, else within the noise.
+
+``autoprune report`` joins the reports of several architectures into one view. Each input is a report
+directory (``results.json``); the output is one table -- a row per (architecture, target), a column per
+method, fine-tuned accuracy as mean ± std over the paired seeds, and per architecture the policy against
+each baseline over the targets -- and one figure with a panel per architecture (accuracy against FLOPs
+ratio, every method, error bars). The architecture's name is the report's recorded base model (else its
+directory).
 """
 
 from __future__ import annotations
@@ -19,6 +25,55 @@ import numpy as np
 
 from autoprune.errors import AutopruneError
 from autoprune.utils import save_figure, write_text_atomic
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``method`` minus ``other`` at one target, over their paired fine-tune seeds (points)."""
+
+    mean: float
+    standard_error: float | None  # None with a single seed
+    seeds: int
+
+    @property
+    def verdict(self) -> str:
+        """``ahead`` / ``behind`` beyond two standard errors, ``within noise``, or ``one seed``."""
+        if self.standard_error is None:
+            return "one seed"
+        if abs(self.mean) > 2 * self.standard_error:
+            return "ahead" if self.mean > 0 else "behind"
+        return "within noise"
+
+    def __str__(self) -> str:
+        err = "" if self.standard_error is None else f" ± {self.standard_error:.2f}"
+        return f"{self.mean:+.2f}{err}"
+
+
+def mean_and_standard_error(differences: Any) -> tuple[float, float | None]:
+    """Mean of paired differences and its standard error (None for a single pair): the one statistic
+    every paired comparison of autoprune reports."""
+    diff = np.asarray(differences, dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+
+
+def finetuned_runs(row: dict[str, Any] | None) -> np.ndarray:
+    """A report row's fine-tuned test accuracies, one per seed (empty when the row is missing or was not
+    fine-tuned)."""
+    if row is None:
+        return np.zeros(0)
+    single = row.get("finetuned_test_accuracy")
+    return np.asarray(row.get("finetuned_test_accuracies") or ([] if single is None else [single]), dtype=float)
+
+
+def paired_differences(rows: Sequence[dict[str, Any]], method: str, other: str) -> dict[float, PairedDifference]:
+    """``method`` minus ``other`` at every target where both were fine-tuned with the same seeds."""
+    by_key = {(r["method"], round(r["target"], 6)): r for r in rows}
+    found = {}
+    for target in sorted({round(r["target"], 6) for r in rows}):
+        mine, theirs = finetuned_runs(by_key.get((method, target))), finetuned_runs(by_key.get((other, target)))
+        if len(mine) and len(mine) == len(theirs):
+            found[target] = PairedDifference(*mean_and_standard_error(mine - theirs), seeds=len(mine))
+    return found
 
 
 @dataclass
@@ -50,7 +105,7 @@ def _accuracy(row: dict[str, Any]) -> tuple[float, float | None]:
 
 
 def methods_of(reports: Sequence[Report]) -> list[str]:
-    order = ["policy", "uniform", "global", "torch_pruning", "amc"]
+    order = ["policy", "uniform", "global", "tp-global", "amc"]
     seen = list(dict.fromkeys(r["method"] for rep in reports for r in rep.rows))
     return [m for m in order if m in seen] + [m for m in seen if m not in order]
 
@@ -78,7 +133,29 @@ def markdown(reports: Sequence[Report]) -> str:
         if len(means) > 1:
             lines.append(f"| {rep.name} | | mean over targets | " + " | ".join(
                 f"{means[m]:.2f}" if m in means else "—" for m in methods) + " |")
+    summaries = [line for rep in reports for line in policy_summary(rep)]
+    if summaries:
+        lines += ["", "The policy against each baseline, paired over the fine-tune seeds (points; ahead or behind: "
+                  "beyond two standard errors):", "", *summaries]
     return "\n".join(lines)
+
+
+def policy_summary(report: Report) -> list[str]:
+    """One line per baseline: the policy's mean paired difference over the targets both were evaluated
+    at, and at how many it is ahead, level or better in the mean, and behind."""
+    lines = []
+    for other in methods_of([report]):
+        if other == "policy":
+            continue
+        found = paired_differences(report.rows, "policy", other)
+        if not found:
+            continue
+        diffs = list(found.values())
+        mean = float(np.mean([d.mean for d in diffs]))
+        lines.append(f"- {report.name}, policy − {other}: {mean:+.2f} on average over {len(diffs)} target(s); "
+                     f"paired mean ≥ 0 at {sum(d.mean >= 0 for d in diffs)}, ahead at "
+                     f"{sum(d.verdict == 'ahead' for d in diffs)}, behind at {sum(d.verdict == 'behind' for d in diffs)}")
+    return lines
 
 
 def figure(reports: Sequence[Report], path: str | os.PathLike) -> None:
