@@ -6,10 +6,10 @@ settings ``experiments.merge_reports`` checks). ``--reports`` hold the policy an
 ``runs/policy`` and ``runs/amc``); each ``--policy LABEL=DIR`` adds the policy rows of another report
 under LABEL (a second search seed, a transferred policy). Per target: every method's fine-tuned accuracy
 (mean ± std over the seeds), then for every policy and baseline the paired difference (mean ± standard
-error over the seeds) and its verdict: ahead or behind when the mean is more than two standard errors
-from zero, else within the noise. The summary counts, per policy and baseline, the targets where the
-policy is ahead beyond the noise, where its paired mean is at least the baseline's, and the difference
-of the means over all targets.
+error over the seeds) and its verdict (``autoprune.agents.report.PairedDifference``): ahead or behind
+when a two-sided paired t-test at 5% says so, else within the noise. The summary counts, per policy and
+baseline, the targets where the policy is ahead or behind, where its paired mean is at least the
+baseline's, and the mean paired difference over the targets where both were evaluated.
 
     python -m experiments.policy_vs_baselines --reports docs/results/resnet20-cifar10/runs/policy \
         docs/results/resnet20-cifar10/runs/amc --policy "search seed 1=docs/results/resnet20-cifar10/search-seed1" \
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.agents.report import finetuned_runs, paired_differences
+from autoprune.agents.report import Report, finetuned_runs, methods_of, paired_differences
 from autoprune.errors import AutopruneError
 from experiments.common import mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED, merge
@@ -60,7 +60,10 @@ def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         differ = [k for k in SHARED if report["config"].get(k) != reference.get(k)]
         if differ:
             raise AutopruneError(f"{directory} differs from {cfg.reports[0]} in {', '.join(differ)}: not comparable")
-        rows += [r | {"method": label} for r in report["rows"] if r["method"] == POLICY]
+        taken = [r | {"method": label} for r in report["rows"] if r["method"] == POLICY]
+        if not taken:
+            raise AutopruneError(f"{path} holds no policy rows: give a report of `autoprune evaluate --policy ...`")
+        rows += taken
         methods.add(label)
         policies.append(label)
     if not policies:
@@ -71,7 +74,7 @@ def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
 def main(cfg: Config) -> dict[str, Any]:
     rows, policies = collect(cfg)
     table = {(r["method"], round(r["target"], 6)): r for r in rows}
-    baselines = sorted({r["method"] for r in rows} - set(policies))
+    baselines = [m for m in methods_of([Report("", Path(), rows, None)]) if m not in policies]
     methods = [*policies, *baselines]
     targets = sorted({t for _, t in table})
     lines = ["Fine-tuned test accuracy (%), mean ± std over paired seeds", "",
@@ -97,7 +100,7 @@ def main(cfg: Config) -> dict[str, Any]:
                        "mean_difference": float(np.mean([d.mean for d in diffs])) if diffs else None}
             comparisons[policy][baseline] = summary
             if diffs:
-                lines.append(f"- vs {baseline}: ahead beyond the noise at {summary['ahead']} of {len(diffs)} targets, "
+                lines.append(f"- vs {baseline}: ahead at {summary['ahead']} of {len(diffs)} targets, "
                              f"behind at {summary['behind']}; paired mean ≥ {baseline}'s at {summary['at_least']} of "
                              f"{len(diffs)}; mean difference over those targets {summary['mean_difference']:+.2f} points.")
     results = {"reports": cfg.reports, "policies": policies, "baselines": baselines, "targets": targets,

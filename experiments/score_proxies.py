@@ -1,8 +1,8 @@
 """How well does each proxy predict fine-tuned accuracy among competitive strategies? (issue #13)
 
 Reads the yardstick of ``experiments.fidelity_data`` (strategies with their fine-tuned test accuracy;
-a partial file works: the strategies with at least one fine-tuned seed count), scores every strategy
-with each proxy, and reports per target Spearman's ρ of the proxy against the mean fine-tuned
+a partial file works: the strategies with at least one fine-tuned seed count, each by the mean over the
+seeds that all of them have), scores every strategy with each proxy, and reports per target Spearman's ρ of the proxy against the mean fine-tuned
 accuracy, whether the proxy's top strategy is the fine-tune's best (ties in the proxy count
 fractionally: the chance a random tie-break picks the best) and the fine-tuned accuracy lost by
 taking the proxy's pick instead of the best (points), their means over the targets, and the cost of
@@ -118,6 +118,12 @@ def main(cfg: Config) -> None:
     if not rows:
         raise SystemExit(f"{cfg.data} holds no fine-tuned strategy yet")
     seeds = [str(s) for s in data["seeds"]]
+    # the seeds every usable strategy has: a file part-way through its second seed is scored on the first
+    # alone, so that every strategy's fine-tuned accuracy is a mean over the same seeds
+    common = [s for s in seeds if all(s in r["finetuned"] for r in rows)]
+    if not common:
+        raise SystemExit(f"{cfg.data}: no fine-tune seed is done for every strategy yet; use --limit or wait")
+    tuned = {r["id"]: float(np.mean([r["finetuned"][s] for s in common])) for r in rows}
     targets = [t for t in data["targets"] if any(r["target"] == t for r in rows)]
     settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
     base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
@@ -145,7 +151,7 @@ def main(cfg: Config) -> None:
         for target in targets:
             mine = [r for r in rows if r["target"] == target]
             entry["per_target"][f"{target:g}"] = fidelity([scores[r["id"]][spec] for r in mine],
-                                                          [r["finetuned_test_accuracy"] for r in mine], [r["id"] for r in mine])
+                                                          [tuned[r["id"]] for r in mine], [r["id"] for r in mine])
         per_target = entry["per_target"].values()
         rhos = [v["spearman"] for v in per_target if v["spearman"] is not None]
         entry["mean"] = {"spearman": float(np.mean(rhos)) if rhos else None,
@@ -156,7 +162,8 @@ def main(cfg: Config) -> None:
     for p in proxies:
         p["relative_cost"] = p["seconds_per_strategy"] / bn if bn else None
     results = {"data": cfg.data, "strategies_total": len(data["strategies"]), "strategies_used": len(rows),
-               "with_all_seeds": sum(all(s in r["finetuned"] for s in seeds) for r in rows), "targets": targets,
+               "with_all_seeds": sum(all(s in r["finetuned"] for s in seeds) for r in rows), "seeds_used": common,
+               "targets": targets,
                "seed_to_seed_spearman": {f"{t:g}": seed_agreement([r for r in rows if r["target"] == t], seeds)
                                          for t in targets},
                "proxies": proxies, "scores": scores}
@@ -170,7 +177,8 @@ def markdown(results: dict[str, Any]) -> str:
     targets = [f"{t:g}" for t in results["targets"]]
     lines = [f"Proxies against fine-tuned test accuracy on {results['strategies_used']} of {results['strategies_total']} "
              f"strategies of `{results['data']}` (those with a fine-tuned seed; {results['with_all_seeds']} with every "
-             "seed). ρ: Spearman's rank correlation of proxy and mean fine-tuned accuracy within a target; picks best: "
+             f"seed; scored on the mean over seed(s) {', '.join(results['seeds_used'])}, which every one has). "
+             "ρ: Spearman's rank correlation of proxy and mean fine-tuned accuracy within a target; picks best: "
              "targets where the proxy's top strategy is the fine-tune's best (ties count fractionally); gap: fine-tuned "
              "accuracy of the best minus that of the proxy's pick (points, mean over targets).", "",
              "| proxy | " + " | ".join(f"ρ {t} (n={results['proxies'][0]['per_target'][t]['strategies']})" for t in targets)

@@ -192,7 +192,7 @@ def _paired(diffs: list[float]) -> str:
     return f"{mean:+.2f}" + (f" ± {err:.2f}" if err is not None else "") + f" ({len(diffs)})"
 
 
-def paired_differences(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+def seed_paired_differences(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> list[float]:
     """Test accuracy of the rows matching ``a`` minus that of the rows matching ``b``, paired by seed."""
     def by_seed(match: dict[str, Any]) -> dict[int, float]:
         return {r["seed"]: r["test_accuracy"] for r in rows if all(r[k] == v for k, v in match.items())}
@@ -230,23 +230,23 @@ def markdown(results: dict[str, Any]) -> str:
                 if not cell:
                     continue
                 accs = {m: [r["test_accuracy"] for r in cell if r["mode"] == m] for m in MODES}
-                diff = paired_differences(here, {"base": role, "method": method, "mode": "iterative"},
+                diff = seed_paired_differences(here, {"base": role, "method": method, "mode": "iterative"},
                                           {"base": role, "method": method, "mode": "one-shot"})
                 flops = max(r["achieved_flops_ratio"] for r in cell)
                 lines.append(f"| {role} | {method} | {flops:.3f} | {_mean_std(accs['one-shot'])} | "
                              f"{_mean_std(accs['iterative'])} | {_paired(diff)} |")
         paired = []
         for method in methods if len(bases) == 2 else []:
-            diffs = [paired_differences(here, {"base": "sparse", "method": method, "mode": m},
+            diffs = [seed_paired_differences(here, {"base": "sparse", "method": method, "mode": m},
                                         {"base": "plain", "method": method, "mode": m}) for m in MODES]
             if any(diffs):
                 paired.append(f"| {method} | {_paired(diffs[0])} | {_paired(diffs[1])} |")
         if paired:
             lines += ["", "| sparse − plain | one-shot | iterative |", "|---|---|---|", *paired]
     targets = sorted({r["target"] for r in rows})
-    pooled_modes = [d for t in targets for m in methods for b in bases for d in paired_differences(
+    pooled_modes = [d for t in targets for m in methods for b in bases for d in seed_paired_differences(
         rows, {"target": t, "base": b, "method": m, "mode": "iterative"}, {"target": t, "base": b, "method": m, "mode": "one-shot"})]
-    pooled_bases = [d for t in targets for m in methods for mode in MODES for d in paired_differences(
+    pooled_bases = [d for t in targets for m in methods for mode in MODES for d in seed_paired_differences(
         rows, {"target": t, "base": "sparse", "method": m, "mode": mode}, {"target": t, "base": "plain", "method": m, "mode": mode})]
     lines += ["", "Paired differences (same method, target and seed), mean ± standard error (count), over every cell: "
               f"iterative − one-shot {_paired(pooled_modes)}"

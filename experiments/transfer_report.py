@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.agents.evaluate import policy_search_seconds
-from autoprune.agents.report import finetuned_runs, mean_and_standard_error
+from autoprune.agents.report import finetuned_runs, paired_differences
 from autoprune.errors import AutopruneError
 from experiments.common import mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED
@@ -75,13 +75,10 @@ def main(cfg: Config) -> dict[str, Any]:
     own_mean = float(np.mean([finetuned_runs(table.get(("policy (own)", t))).mean() for t in targets]))
     own_seconds = policy_search_seconds(own["rows"])
     verdicts: dict[str, Any] = {}
+    labelled = [r | {"method": m} for (m, _), r in table.items()]
     lines.append("")
     for label, report in others.items():
-        per_target = {}
-        for t in targets:
-            mine, uni = finetuned_runs(table.get((label, t))), finetuned_runs(table.get(("uniform", t)))
-            if len(mine) and len(mine) == len(uni):
-                per_target[t] = mean_and_standard_error(mine - uni)
+        per_target = {t: (d.mean, d.standard_error) for t, d in paired_differences(labelled, label, "uniform").items()}
         means = [m.mean() for m in (finetuned_runs(table.get((label, t))) for t in targets) if len(m)]
         mean = float(np.mean(means)) if len(means) == len(targets) else None
         seconds = policy_search_seconds(report["rows"])

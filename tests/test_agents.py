@@ -101,6 +101,10 @@ def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
         search(tmp_path, config, checkpoint=ckpt, progress=False)
     with pytest.raises(AutopruneError, match="other base model or settings"):
         search(tmp_path, SearchConfig(episodes=10, warmup_episodes=2, seed=5), checkpoint=ckpt, progress=False, resume=True)
+    state_path = tmp_path / "resume" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["meta"]["config"]["settings"]["proxy_measure"]  # saved before the setting existed: reads as its default
+    state_path.write_text(json.dumps(state))
     config = SearchConfig(episodes=10, warmup_episodes=2, checkpoint_every=3)  # the same search, run longer
     policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
     assert policy.meta["episodes"] == 10
@@ -268,6 +272,10 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
     assert main(uniform) == 0
     assert main([*uniform, "--resume"]) == 0  # nothing left to compute: the rows are kept
     assert len(json.loads((tmp_path / "a" / "results.json").read_text())["rows"]) == 2
+    report = json.loads((tmp_path / "a" / "results.json").read_text())
+    del report["config"]["settings"]["proxy_measure"]  # written before the setting existed
+    (tmp_path / "a" / "results.json").write_text(json.dumps(report))
+    assert main([*uniform, "--resume"]) == 0  # it reads as the default
     assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "b")]) == 0
 
     out = tmp_path / "merged"
@@ -406,7 +414,10 @@ def test_paired_verdicts_resolve_a_difference_only_beyond_two_standard_errors():
     rows = [row("policy", 0.3, [80.0, 80.2, 80.4]), row("uniform", 0.3, [79.0, 79.3, 79.4]),  # +0.97 ± 0.03
             row("policy", 0.5, [70.0, 71.0]), row("uniform", 0.5, [70.5, 70.3]),  # +0.10 ± 0.60
             row("policy", 0.7, [60.0]), row("uniform", 0.7, [59.0])]  # one seed: no verdict
+    rows += [row("policy", 0.4, [80.1, 80.5, 80.3]), row("uniform", 0.4, [80.0, 80.0, 80.0])]  # +0.30 ± 0.12
     lines = paired_verdicts(rows, "policy", "uniform")
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].startswith("target 0.30: policy - uniform = +0.97 ± 0.03") and "policy ahead, resolved by 3" in lines[0]
-    assert lines[1].startswith("target 0.50: policy - uniform = +0.10 ± 0.60") and "not resolved" in lines[1]
+    # beyond two standard errors, but inside t(0.975, 2) = 4.3 of them: three seeds do not resolve it
+    assert lines[1].startswith("target 0.40: policy - uniform = +0.30 ± 0.12") and "not resolved" in lines[1]
+    assert lines[2].startswith("target 0.50: policy - uniform = +0.10 ± 0.60") and "not resolved" in lines[2]

@@ -299,7 +299,7 @@ def test_sparsity_study_pairs_equal_budgets_and_resumes(trained_small, sparse_sm
 
 def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tmp_path):
     """``experiments.policy_vs_baselines`` on hand-made reports: a second report's policy rows enter under
-    their label, AMC from a third report joins the baselines, and the verdicts follow two standard errors."""
+    their label, AMC from a third report joins the baselines, and the verdicts follow a paired t-test."""
     import json
 
     from autoprune.errors import AutopruneError
@@ -320,7 +320,7 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
     amc = report("amc", [("amc", 0.5, [70.5, 69.0, 70.9])])
     seed1 = report("seed1", [("policy", 0.3, [78.0, 78.1, 78.2]), ("policy", 0.5, [70.2, 70.3, 70.1])])
     results = main(Config(reports=[own, amc], policy=[f"seed 1={seed1}"], name="pvb", out_dir=str(tmp_path / "docs")))
-    assert results["policies"] == ["policy", "seed 1"] and results["baselines"] == ["amc", "global", "uniform"]
+    assert results["policies"] == ["policy", "seed 1"] and results["baselines"] == ["uniform", "global", "amc"]
     versus_global = results["comparisons"]["policy"]["global"]
     assert versus_global["per_target"]["0.3"]["mean"] == pytest.approx(0.9667, abs=1e-3)
     assert versus_global["per_target"]["0.3"]["verdict"] == "ahead"
@@ -331,7 +331,7 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
     assert results["comparisons"]["policy"]["amc"]["targets"] == 1  # AMC ran at 0.5 only
     assert results["comparisons"]["seed 1"]["global"]["per_target"]["0.3"]["verdict"] == "behind"
     markdown = (tmp_path / "docs" / "pvb.md").read_text()
-    assert "**seed 1** − baseline" in markdown and "vs global: ahead beyond the noise at 1 of 2 targets" in markdown
+    assert "**seed 1** − baseline" in markdown and "vs global: ahead at 1 of 2 targets" in markdown
 
     other = report("other", [("policy", 0.3, [1.0])], finetune_seeds=1)
     with pytest.raises(AutopruneError, match="finetune_seeds: not comparable"):
@@ -340,6 +340,8 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
         main(Config(reports=[own], policy=[f"global={seed1}"], out_dir=str(tmp_path / "docs")))
     with pytest.raises(AutopruneError, match="no policy rows"):
         main(Config(reports=[amc], out_dir=str(tmp_path / "docs")))
+    with pytest.raises(AutopruneError, match="holds no policy rows"):
+        main(Config(reports=[own], policy=[f"x={amc}"], out_dir=str(tmp_path / "docs")))
 
 
 def test_scripts_end_on_a_one_line_error(tmp_path):

@@ -91,6 +91,8 @@ def _resumable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed search must share with the saved one (it may run longer, save more often, or
     run its workers elsewhere; the number of workers fixes the replay buffer's layout, so it must match)."""
     config = {**_ADDED_FIELDS, **config}
+    if isinstance(config.get("settings"), dict):
+        config["settings"] = PruningSettings.normalized(config["settings"])
     return {k: v for k, v in config.items() if k not in ("episodes", "checkpoint_every", "address", "threads_per_worker")}
 
 

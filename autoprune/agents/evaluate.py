@@ -178,7 +178,7 @@ def policy_search_seconds(rows: list[dict[str, Any]]) -> float:
 
 def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list[str]:
     """One line per target: ``method`` minus ``other`` over their paired fine-tune seeds, and whether
-    the seeds resolve the difference (its mean is more than two standard errors from zero)."""
+    the seeds resolve the difference (``PairedDifference.verdict``: a paired t-test at the 5% level)."""
     lines = []
     for target, d in paired_differences(rows, method, other).items():
         if d.seeds < 2:
@@ -186,7 +186,7 @@ def paired_verdicts(rows: list[dict[str, Any]], method: str, other: str) -> list
         if d.verdict == "within noise":
             verdict = f"not resolved: within the seed noise of {d.seeds} paired seeds"
         else:
-            verdict = f"{method if d.mean > 0 else other} ahead, resolved by {d.seeds} paired seeds"
+            verdict = f"{method if d.mean > 0 else other} ahead, resolved by {d.seeds} paired seeds (t-test, 5%)"
         lines.append(f"target {target:.2f}: {method} - {other} = {d} points (standard error); {verdict}")
     return lines
 

@@ -2,7 +2,9 @@
 
 Every method of an ``evaluate`` run is fine-tuned with the same seeds, so two methods at a target are
 compared seed by seed (``paired_differences``): the mean difference, its standard error, and a verdict
--- ahead or behind when the mean is more than two standard errors from zero, else within the noise.
+-- ahead or behind when a two-sided paired t-test at the 5% level rejects "no difference" (the mean is
+more than t(0.975, seeds − 1) standard errors from zero: 12.7 with 2 seeds, 4.3 with 3, 2.8 with 5),
+else within the noise.
 
 ``autoprune report`` joins the reports of several architectures into one view. Each input is a report
 directory (``results.json``); the output is one table -- a row per (architecture, target), a column per
@@ -26,6 +28,8 @@ import numpy as np
 from autoprune.errors import AutopruneError
 from autoprune.utils import save_figure, write_text_atomic
 
+SIGNIFICANCE = 0.05  # of the two-sided paired t-test behind every verdict
+
 
 @dataclass(frozen=True)
 class PairedDifference:
@@ -36,11 +40,20 @@ class PairedDifference:
     seeds: int
 
     @property
-    def verdict(self) -> str:
-        """``ahead`` / ``behind`` beyond two standard errors, ``within noise``, or ``one seed``."""
+    def threshold(self) -> float | None:
+        """How far from zero the mean must be for the paired t-test to reject "no difference" at 5%."""
         if self.standard_error is None:
+            return None
+        from scipy.stats import t
+
+        return float(t.ppf(1 - SIGNIFICANCE / 2, self.seeds - 1)) * self.standard_error
+
+    @property
+    def verdict(self) -> str:
+        """``ahead`` / ``behind`` (the paired t-test rejects "no difference"), ``within noise``, or ``one seed``."""
+        if self.threshold is None:
             return "one seed"
-        if abs(self.mean) > 2 * self.standard_error:
+        if abs(self.mean) > self.threshold:
             return "ahead" if self.mean > 0 else "behind"
         return "within noise"
 
@@ -136,7 +149,7 @@ def markdown(reports: Sequence[Report]) -> str:
     summaries = [line for rep in reports for line in policy_summary(rep)]
     if summaries:
         lines += ["", "The policy against each baseline, paired over the fine-tune seeds (points; ahead or behind: "
-                  "beyond two standard errors):", "", *summaries]
+                  "a two-sided paired t-test at the 5% level):", "", *summaries]
     return "\n".join(lines)
 
 

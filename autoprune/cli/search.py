@@ -210,6 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from autoprune.agents.baselines import list_searchers
     from autoprune.agents.common import fingerprint
     from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
+    from autoprune.task import PruningSettings
 
     targets = parse_list(args.targets)
     baselines = [b for b in args.baselines.split(",") if b.strip()]
@@ -233,6 +234,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.resume and previous.exists():
         saved = json.loads(previous.read_text())
         saved_config = saved.get("config", {})
+        if isinstance(saved_config.get("settings"), dict):  # a setting added later reads as its default
+            saved_config["settings"] = PruningSettings.normalized(saved_config["settings"])
         # an option added in a later version reads as its default (None) in older reports
         if any(saved_config.get(k) != config.get(k) for k in {*saved_config, *config}):
             raise AutopruneError(f"{previous} was written with other settings or another base model; "

@@ -67,7 +67,7 @@ class ProxyResult:
 
 PROXIES: Registry[type[AccuracyProxy]] = Registry("proxy")
 # (pruned model's logits, labels, base model's logits) over the validation images -> score in [0, 1]
-MEASURES: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]] = Registry("proxy measure")
+MEASURES: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], float]] = Registry("proxy measure")
 TEACHER_MEASURES = ("kl",)  # the measures that compare with the base model's logits
 
 
@@ -90,7 +90,7 @@ def kept_function(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Ten
 
 def create_proxy(name: str, splits: DataSplits, **options: Any) -> AccuracyProxy:
     """The proxy registered as ``name`` (see ``PROXIES``); ``options`` are ``AccuracyProxy``'s arguments
-    (``teacher``, the base model, is needed by the ``distill`` variants)."""
+    (``teacher``, the base model, is needed by the ``distill`` variants and the ``kl`` measure)."""
     return PROXIES.get(name)(splits, **options)
 
 
@@ -144,8 +144,8 @@ class AccuracyProxy:
         self.measure_name, self.measure = measure, MEASURES.get(measure)
         needs_teacher = self.distills or measure in TEACHER_MEASURES
         if needs_teacher and teacher is None:
-            what = f"the {self.name} proxy distils" if self.distills else f"the {measure} measure compares"
-            raise AutopruneError(f"{what} with the base model: pass it as teacher=")
+            what = f"the {self.name} proxy distils from" if self.distills else f"the {measure} measure compares with"
+            raise AutopruneError(f"{what} the base model: pass it as teacher=")
         self.teacher = teacher if needs_teacher else None
         self._val_teacher_logits: torch.Tensor | None = None  # the base model's, computed once
         # the calibration batches the strategy's model is built with (PruningSpace.apply(reconstruct=...));
@@ -173,27 +173,26 @@ class AccuracyProxy:
 
     @torch.inference_mode(False)
     def score(self, model: nn.Module) -> float:
-        """The measure in [0, 1] of ``model`` (built as ``reconstruction`` says; adapted in place)."""
+        """The measure in [0, 1] of ``model`` (built as ``reconstruction`` says; adapted in place and left
+        in eval mode)."""
         model = model.to(memory_format=torch.channels_last)
         if self.adaptive_bn:
             recalibrate_bn(model, self.calib_batches)
         if self.finetune_steps:
             self._adapt(model)
         labels = torch.cat([y for _, y in self.val_batches])
-        return self.measure(self._val_logits(model), labels, self._teacher_val_logits())
+        return self.measure(self._val_logits(model.eval()), labels, self._teacher_val_logits())
 
     def _val_logits(self, model: nn.Module) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
         with torch.inference_mode():
-            logits = torch.cat([model(x).float() for x, _ in self.val_batches])
-        model.train(was_training)
-        return logits
+            return torch.cat([model(x).float() for x, _ in self.val_batches])
 
     def _teacher_val_logits(self) -> torch.Tensor | None:
         if self.measure_name in TEACHER_MEASURES and self._val_teacher_logits is None:
             assert self.teacher is not None
-            self._val_teacher_logits = self._val_logits(self.teacher)
+            was_training = self.teacher.training  # the base model is shared: its mode is left as found
+            self._val_teacher_logits = self._val_logits(self.teacher.eval())
+            self.teacher.train(was_training)
         return self._val_teacher_logits
 
     def _adapt(self, model: nn.Module) -> None:

@@ -32,7 +32,9 @@ class PruningSettings:
       towards the base model after adaptive BN), ``recon-distill`` (both).
     - ``proxy_measure``: what the proxy reports of the validation predictions
       (``autoprune.task.proxy.MEASURES``): ``accuracy`` (top-1, the default), ``soft`` (mean probability
-      of the true label) or ``kl`` (exp(-KL) of the base model's outputs to the pruned model's).
+      of the true label) or ``kl`` (exp(-KL) of the base model's outputs to the pruned model's). The
+      value the proxy reports, in [0, 1], is what records and progress call "proxy accuracy" whichever
+      measure made it.
     - ``proxy_images``: validation images the proxy scores (None: all of the split).
     - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy (``bn``:
       cross-entropy steps, 0 by default; ``distill`` variants: distillation steps, 0 meaning their default).
@@ -102,6 +104,12 @@ class PruningSettings:
         """Read a stored record; a setting added after it was written reads as its default."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def normalized(cls, record: dict[str, Any]) -> dict[str, Any]:
+        """A stored record as today's settings write it (settings added since read as their defaults),
+        so a run saved before a setting existed still compares equal when resumed under the defaults."""
+        return cls.from_dict(record).to_dict()
 
     @classmethod
     def from_policy_meta(cls, meta: dict[str, Any]) -> PruningSettings:
