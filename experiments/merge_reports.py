@@ -24,7 +24,9 @@ SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs",
           "seed", "criterion")
 
 
-def merge(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def merge(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The rows of ``reports`` (checked comparable, no (method, target) twice), the merged config, and the
+    unpruned model's record (architecture, test accuracy) that they share."""
     loaded = []
     for d in reports:
         path = d / "results.json"
@@ -46,7 +48,8 @@ def merge(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             rows.append(row)
     rows.sort(key=lambda r: (r["target"], r["method"] != "policy", r["method"]))
     config = {"merged_from": {str(d): r["config"] for d, r in zip(reports, loaded)}}
-    return rows, config
+    base = next((r["base"] for r in loaded if r.get("base")), {})  # one base model: checked by its fingerprint
+    return rows, config, base
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory of the merged report")
     args = parser.parse_args(argv)
     try:
-        rows, config = merge(args.reports)
+        rows, config, base = merge(args.reports)
     except AutopruneError as exc:
         print(f"merge_reports: error: {exc}", file=sys.stderr)
         return 2
-    write_report(rows, args.out, config)
+    write_report(rows, args.out, config, base)
     print(markdown_table(rows))
     print(f"{len(rows)} rows from {len(args.reports)} reports -> {args.out}")
     return 0

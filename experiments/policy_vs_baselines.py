@@ -43,7 +43,7 @@ class Config:
 
 def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of every report (another report's policy rows renamed to their label), the policies first."""
-    rows, _ = merge([Path(d) for d in cfg.reports])
+    rows, _, _ = merge([Path(d) for d in cfg.reports])
     reference = json.loads((Path(cfg.reports[0]) / "results.json").read_text())["config"]
     methods = {r["method"] for r in rows}
     policies = [POLICY] if POLICY in methods else []

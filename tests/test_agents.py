@@ -280,8 +280,11 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
 
     out = tmp_path / "merged"
     assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    merged = json.loads((out / "results.json").read_text())
+    rows = merged["rows"]
     assert [(r["method"], r["target"]) for r in rows] == [("uniform", 0.4), ("global", 0.5), ("uniform", 0.6)]
+    base_record = json.loads((tmp_path / "a" / "results.json").read_text())["base"]
+    assert merged["base"] == base_record and base_record["arch"]  # autoprune report shows the base beside the rows
     assert merge_main([str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(out)]) == 2  # duplicate rows
 
     model, payload = load_model(base)  # retrained in place: same path, other weights
