@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from autoprune.agents.report import Report, finetuned_runs, methods_of, paired_differences
+from autoprune.agents.report import Report, count_verdicts, finetuned_runs, methods_of, paired_differences
 from autoprune.errors import AutopruneError
 from experiments.common import mean_std_cell, run_script, write_report
 from experiments.merge_reports import SHARED, merge
@@ -92,17 +90,14 @@ def main(cfg: Config) -> dict[str, Any]:
         lines.append("")
         comparisons[policy] = {}
         for baseline, per_target in found.items():
-            diffs = list(per_target.values())
             summary = {"per_target": {f"{t:g}": {"mean": d.mean, "standard_error": d.standard_error, "verdict": d.verdict}
-                                      for t, d in per_target.items()},
-                       "targets": len(diffs), "ahead": sum(d.verdict == "ahead" for d in diffs),
-                       "behind": sum(d.verdict == "behind" for d in diffs), "at_least": sum(d.mean >= 0 for d in diffs),
-                       "mean_difference": float(np.mean([d.mean for d in diffs])) if diffs else None}
+                                      for t, d in per_target.items()}, **count_verdicts(per_target)}
             comparisons[policy][baseline] = summary
-            if diffs:
-                lines.append(f"- vs {baseline}: ahead at {summary['ahead']} of {len(diffs)} targets, "
+            n = summary["targets"]
+            if n:
+                lines.append(f"- vs {baseline}: ahead at {summary['ahead']} of {n} targets, "
                              f"behind at {summary['behind']}; paired mean ≥ {baseline}'s at {summary['at_least']} of "
-                             f"{len(diffs)}; mean difference over those targets {summary['mean_difference']:+.2f} points.")
+                             f"{n}; mean difference over those targets {summary['mean_difference']:+.2f} points.")
     results = {"reports": cfg.reports, "policies": policies, "baselines": baselines, "targets": targets,
                "cells": {f"{m}@{t:g}": finetuned_runs(table.get((m, t))).tolist() for m in methods for t in targets},
                "comparisons": comparisons}

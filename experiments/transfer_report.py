@@ -78,14 +78,15 @@ def main(cfg: Config) -> dict[str, Any]:
     labelled = [r | {"method": m} for (m, _), r in table.items()]
     lines.append("")
     for label, report in others.items():
-        per_target = {t: (d.mean, d.standard_error) for t, d in paired_differences(labelled, label, "uniform").items()}
+        found = paired_differences(labelled, label, "uniform")
+        per_target = {t: (d.mean, d.standard_error) for t, d in found.items()}
         means = [m.mean() for m in (finetuned_runs(table.get((label, t))) for t in targets) if len(m)]
         mean = float(np.mean(means)) if len(means) == len(targets) else None
         seconds = policy_search_seconds(report["rows"])
         verdicts[label] = {"minus_uniform": per_target, "five_target_mean": mean, "own_mean": own_mean,
                            "at_least_uniform_everywhere": bool(per_target) and all(d >= 0 for d, _ in per_target.values()),
                            "search_seconds": seconds, "own_search_seconds": own_seconds}
-        diffs = ", ".join(f"{t:.2f}: {d:+.2f}" + (f" ± {e:.2f}" if e is not None else "") for t, (d, e) in per_target.items())
+        diffs = ", ".join(f"{t:.2f}: {d}" for t, d in found.items())
         lines.append(f"- **{label}** − uniform (paired mean ± standard error): {diffs or '—'}; "
                      f"at least uniform at every target: {'yes' if verdicts[label]['at_least_uniform_everywhere'] else 'no'}.")
         if mean is not None:

@@ -89,6 +89,15 @@ def paired_differences(rows: Sequence[dict[str, Any]], method: str, other: str) 
     return found
 
 
+def count_verdicts(per_target: dict[float, PairedDifference]) -> dict[str, Any]:
+    """Over the targets of one comparison: how many, at how many ahead / behind / level or better in the
+    mean, and the mean paired difference (None without a target)."""
+    diffs = list(per_target.values())
+    return {"targets": len(diffs), "ahead": sum(d.verdict == "ahead" for d in diffs),
+            "behind": sum(d.verdict == "behind" for d in diffs), "at_least": sum(d.mean >= 0 for d in diffs),
+            "mean_difference": float(np.mean([d.mean for d in diffs])) if diffs else None}
+
+
 @dataclass
 class Report:
     name: str  # the architecture (or the directory's name)
@@ -160,14 +169,10 @@ def policy_summary(report: Report) -> list[str]:
     for other in methods_of([report]):
         if other == "policy":
             continue
-        found = paired_differences(report.rows, "policy", other)
-        if not found:
-            continue
-        diffs = list(found.values())
-        mean = float(np.mean([d.mean for d in diffs]))
-        lines.append(f"- {report.name}, policy − {other}: {mean:+.2f} on average over {len(diffs)} target(s); "
-                     f"paired mean ≥ 0 at {sum(d.mean >= 0 for d in diffs)}, ahead at "
-                     f"{sum(d.verdict == 'ahead' for d in diffs)}, behind at {sum(d.verdict == 'behind' for d in diffs)}")
+        c = count_verdicts(paired_differences(report.rows, "policy", other))
+        if c["targets"]:
+            lines.append(f"- {report.name}, policy − {other}: {c['mean_difference']:+.2f} on average over {c['targets']} "
+                         f"target(s); paired mean ≥ 0 at {c['at_least']}, ahead at {c['ahead']}, behind at {c['behind']}")
     return lines
 
 
