@@ -82,11 +82,22 @@ def write_report(name: str, config: Any, results: dict[str, Any], markdown: str,
     print(markdown)
 
 
-def mean_std_cell(values: np.ndarray) -> str:
-    """``mean ± std`` of a row's seeds for a Markdown table (— when there are none)."""
-    if len(values) == 0:
-        return "—"
-    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+def accuracy_table(table: dict[tuple[str, float], dict[str, Any]], columns: list[str], targets: list[float],
+                   title: str) -> tuple[list[str], dict[str, list[float]]]:
+    """The Markdown table of fine-tuned accuracy, a row per target and a column per method (``table`` maps
+    (column, target) to an evaluate row; a cell is ``mean ± std`` over the row's seeds, — where there is
+    none), and every cell's seeds keyed ``column@target`` for the JSON report."""
+    from autoprune.agents.report import finetuned_runs
+
+    def cell(values: np.ndarray) -> str:
+        if len(values) == 0:
+            return "—"
+        return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+
+    runs = {(c, t): finetuned_runs(table.get((c, t))) for c in columns for t in targets}
+    lines = [title, "", "| target | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {t:.2f} | " + " | ".join(cell(runs[c, t]) for c in columns) + " |" for t in targets]
+    return lines, {f"{c}@{t:g}": runs[c, t].tolist() for c in columns for t in targets}
 
 
 def smoke_splits(splits: DataSplits, finetune_images: int, eval_images: int, seed: int = 0) -> DataSplits:

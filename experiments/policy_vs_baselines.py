@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprune.agents.report import Report, count_verdicts, finetuned_runs, methods_of, paired_differences
+from autoprune.agents.report import Report, count_verdicts, methods_of, paired_differences
 from autoprune.errors import AutopruneError
-from experiments.common import mean_std_cell, run_script, write_report
+from experiments.common import accuracy_table, run_script, write_report
 from experiments.merge_reports import SHARED, merge
 
 POLICY = "policy"
@@ -75,10 +75,7 @@ def main(cfg: Config) -> dict[str, Any]:
     baselines = [m for m in methods_of([Report("", Path(), rows, None)]) if m not in policies]
     methods = [*policies, *baselines]
     targets = sorted({t for _, t in table})
-    lines = ["Fine-tuned test accuracy (%), mean ± std over paired seeds", "",
-             "| target | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
-    for t in targets:
-        lines.append(f"| {t:.2f} | " + " | ".join(mean_std_cell(finetuned_runs(table.get((m, t)))) for m in methods) + " |")
+    lines, cells = accuracy_table(table, methods, targets, "Fine-tuned test accuracy (%), mean ± std over paired seeds")
     comparisons: dict[str, dict[str, Any]] = {}
     for policy in policies:
         found = {baseline: paired_differences(rows, policy, baseline) for baseline in baselines}
@@ -99,7 +96,7 @@ def main(cfg: Config) -> dict[str, Any]:
                              f"behind at {summary['behind']}; paired mean ≥ {baseline}'s at {summary['at_least']} of "
                              f"{n}; mean difference over those targets {summary['mean_difference']:+.2f} points.")
     results = {"reports": cfg.reports, "policies": policies, "baselines": baselines, "targets": targets,
-               "cells": {f"{m}@{t:g}": finetuned_runs(table.get((m, t))).tolist() for m in methods for t in targets},
+               "cells": cells,
                "comparisons": comparisons}
     write_report(cfg.name, cfg, results, "\n".join(lines), cfg.out_dir)
     return results

@@ -26,7 +26,7 @@ import numpy as np
 from autoprune.agents.evaluate import policy_search_seconds
 from autoprune.agents.report import finetuned_runs, paired_differences
 from autoprune.errors import AutopruneError
-from experiments.common import mean_std_cell, run_script, write_report
+from experiments.common import accuracy_table, run_script, write_report
 from experiments.merge_reports import SHARED
 
 BASELINES = ("global", "uniform", "tp-global")
@@ -68,10 +68,7 @@ def main(cfg: Config) -> dict[str, Any]:
     columns = ["policy (own)", *others, *[b for b in BASELINES if any(k[0] == b for k in table)]]
     targets = sorted({t for _, t in table})
     arch = own.get("base", {}).get("arch") or Path(cfg.own).name
-    lines = [f"Fine-tuned test accuracy (%) on {arch}, mean ± std over paired seeds", "",
-             "| target | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for t in targets:
-        lines.append(f"| {t:.2f} | " + " | ".join(mean_std_cell(finetuned_runs(table.get((c, t)))) for c in columns) + " |")
+    lines, cells = accuracy_table(table, columns, targets, f"Fine-tuned test accuracy (%) on {arch}, mean ± std over paired seeds")
     own_mean = float(np.mean([finetuned_runs(table.get(("policy (own)", t))).mean() for t in targets]))
     own_seconds = policy_search_seconds(own["rows"])
     verdicts: dict[str, Any] = {}
@@ -95,7 +92,7 @@ def main(cfg: Config) -> dict[str, Any]:
                          f"{own_seconds:.0f} s ({seconds / max(own_seconds, 1e-9):.2f}x; a zero-shot policy's time is "
                          "its search on the other model).")
     results = {"arch": arch, "columns": columns, "targets": targets,
-               "cells": {f"{c}@{t:g}": finetuned_runs(table.get((c, t))).tolist() for c in columns for t in targets},
+               "cells": cells,
                "verdicts": verdicts}
     write_report(cfg.name, cfg, results, "\n".join(lines), cfg.out_dir)
     return results
