@@ -29,7 +29,7 @@ from tqdm import tqdm
 from autoprune.data import BatchLoader, DataSplits, ImageDataset
 from autoprune.errors import AutopruneError
 from autoprune.sparsity import SparsityRegularizer, check_method, summarize, summary_line
-from autoprune.utils import atomic_path
+from autoprune.utils import atomic_path, hms
 
 SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("cpu", "cuda", "auto")
@@ -286,8 +286,10 @@ def fit(
             result.best_val_accuracy = val_acc
             best_state = copy.deepcopy(candidate.state_dict())
         head = f"{label}epoch {epoch + 1:3d}/{total_epochs}  "
+        recent = [r["seconds"] for r in result.history[-3:]]  # the pace of the last epochs, resumed ones included
+        eta = f"  ETA {hms(sum(recent) / len(recent) * (total_epochs - epoch - 1))}" if epoch + 1 < total_epochs else ""
         log(f"{head}loss {row['loss']:.4f}  train {row['train_accuracy']:.2f}%  "
-            f"val {val_acc:.2f}%  lr {lr:.4f}  {seconds:.0f}s")
+            f"val {val_acc:.2f}%  lr {lr:.4f}  {seconds:.0f}s{eta}")
         if regularizer is not None:
             log(" " * len(head) + summary_line(stats))
         if resume_path is not None:

@@ -54,6 +54,12 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:  # type: 
         Path(tmp).write_bytes(buf.getvalue())
 
 
+def hms(seconds: float) -> str:
+    """``H:MM:SS`` of a duration, for progress lines."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

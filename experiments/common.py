@@ -113,11 +113,6 @@ def smoke_splits(splits: DataSplits, finetune_images: int, eval_images: int, see
     return DataSplits(train, val, test, splits.val_size)
 
 
-def hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 SHAPES = ("uniform", "early", "late")
 
 

@@ -37,7 +37,8 @@ import torch
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from experiments.common import TaskConfig, hms, run_script, save_report, smoke_splits
+from autoprune.utils import hms
+from experiments.common import TaskConfig, run_script, save_report, smoke_splits
 
 FORMAT = "autoprune.fidelity/1"
 GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "rollout_noise", "search_episodes",

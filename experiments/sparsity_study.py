@@ -64,8 +64,8 @@ from autoprune.pruning import check_target
 from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningSettings, PruningTask, importance_data
 from autoprune.training import set_training_device
-from autoprune.utils import seed_everything
-from experiments.common import hms, run_script, save_report, smoke_splits
+from autoprune.utils import hms, seed_everything
+from experiments.common import run_script, save_report, smoke_splits
 
 FORMAT = "autoprune.sparsity_study/1"
 BASES = ("plain", "sparse")

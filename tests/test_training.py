@@ -23,6 +23,10 @@ def test_weight_averaging_follows_the_schedule_and_resumes_exactly(digits, tmp_p
     assert all(row["lr"] == 0.05 for row in result.history[1:])
 
     lines = []
+    fit(_fresh(), digits, config, progress=False, log=lines.append)
+    # each epoch line says when the run will end, the last one does not
+    assert ["ETA" in line for line in lines if "epoch" in line] == [True, True, False]
+    lines = []
 
     def stop_in_averaging(line):
         lines.append(line)
