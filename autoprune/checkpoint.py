@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.utils import atomic_path
+from autoprune.utils import atomic_path, load_tensors
 
 FORMAT = "autoprune.model/1"
 # Module attributes that describe channel counts; pruning changes them, loading restores them.
@@ -59,13 +59,12 @@ def save_model(path: str | os.PathLike, model: nn.Module, arch: str, num_classes
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a model file without building the model."""
     path = Path(path)
-    if not path.is_file():
-        raise AutopruneError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- truncated zip, pickle with code, random bytes...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise AutopruneError(f"{path} is not a readable autoprune model file ({reason[:160]})") from None
+        payload = load_tensors(path, "checkpoint")
+    except AutopruneError as exc:
+        if path.is_file():  # the file is there but cannot be read safely: say what it should be
+            raise AutopruneError(f"{path} is not a readable autoprune model file: {exc}") from None
+        raise
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise AutopruneError(f"{path} is not an autoprune model file (no '{FORMAT}' header); "
                              "train one with `autoprune train` or save one with autoprune.save_model")
@@ -85,9 +84,17 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         restore_shapes(model, payload["layers"], payload["state_dict"])
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError, AttributeError) as exc:
-        raise AutopruneError(f"{path} does not match architecture {payload['arch']!r}: {str(exc).splitlines()[0][:200]}") from None
+        raise AutopruneError(f"{path} does not match architecture {payload['arch']!r}: {_mismatch(exc)}") from None
     model.eval()
     return model, payload
+
+
+def _mismatch(exc: Exception) -> str:
+    """The gist of a failed ``load_state_dict``/shape restore in one line: the keys or the size that differ."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line.startswith(("Missing", "Unexpected", "size mismatch"))),
+                  lines[0] if lines else exc.__class__.__name__)
+    return detail[:240]
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:

@@ -22,7 +22,7 @@ from autoprune.pruning import count_flops
 from autoprune.recovery import FinetuneRecipe
 from autoprune.task import PruningTask
 from autoprune.training import TrainConfig, evaluate, fit
-from autoprune.utils import seed_everything
+from autoprune.utils import check_output_dir, seed_everything
 
 TARGETS = (0.3, 0.45, 0.63)
 FINETUNE = FinetuneRecipe(epochs=3)  # the library's recipe, as in the real comparisons
@@ -30,7 +30,8 @@ SEEDS = 3  # paired fine-tune seeds per row
 
 
 def run_demo(out_dir: str | Path = "out/demo", seed: int = 0, episodes: int = 300) -> list[dict]:
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, "demo folder")
+    search_config = SearchConfig(episodes=episodes, seed=seed)  # checked before the base model trains
     seed_everything(seed)
     t0 = time.perf_counter()
     splits = load_splits("digits")
@@ -50,7 +51,7 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 0, episodes: int = 30
         import shutil
 
         shutil.rmtree(policy_dir)
-    policy = search(policy_dir, SearchConfig(episodes=episodes, seed=seed), checkpoint=base_path, progress=True)
+    policy = search(policy_dir, search_config, checkpoint=base_path, progress=True)
 
     print(f"[3/4] pruning at targets {', '.join(map(str, TARGETS))} with the one policy")
     example = torch.zeros(1, *splits.input_shape)

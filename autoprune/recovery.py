@@ -59,6 +59,12 @@ class FinetuneRecipe:
     alpha: float = 0.9  # weight of the distillation term
     precision: str = "fp32"
 
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise AutopruneError(f"fine-tune epochs must be >= 0, got {self.epochs}")
+        if self.epochs:  # the training settings it will run with, checked now rather than after the data loads
+            self.train_config(seed=0, train_images=max(self.batch_size, 1))
+
     def replace(self, **changes: Any) -> FinetuneRecipe:
         """A copy with ``changes``; None values keep the recipe's own (for optional CLI flags)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

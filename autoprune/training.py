@@ -29,7 +29,7 @@ from tqdm import tqdm
 from autoprune.data import BatchLoader, DataSplits, ImageDataset
 from autoprune.errors import AutopruneError
 from autoprune.sparsity import SparsityRegularizer, check_method, summarize, summary_line
-from autoprune.utils import atomic_path, hms
+from autoprune.utils import atomic_path, hms, load_tensors
 
 SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("cpu", "cuda", "auto")
@@ -83,8 +83,10 @@ class TrainConfig:
     dynamic_thresholds: bool = False  # penalise only channels below per-layer thresholds (autoprune.sparsity)
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.swa_epochs < 0:
-            raise AutopruneError(f"epochs must be >= 0, got {self.epochs} (+{self.swa_epochs} SWA)")
+        if self.epochs < 0:
+            raise AutopruneError(f"epochs must be >= 0, got {self.epochs}")
+        if self.swa_epochs < 0:
+            raise AutopruneError(f"weight-averaging epochs (--swa-epochs) must be >= 0, got {self.swa_epochs}")
         if self.epochs + self.swa_epochs < 1:
             raise AutopruneError("nothing to train: give --epochs >= 1 or --swa-epochs >= 1")
         if self.swa_lr <= 0:
@@ -96,7 +98,11 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise AutopruneError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.distill_alpha <= 1:
-            raise AutopruneError("distill_alpha must be in [0, 1]")
+            raise AutopruneError(f"the distillation weight (--alpha) must be in [0, 1], got {self.distill_alpha}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise AutopruneError(f"the distillation temperature must be > 0, got {self.distill_temperature}")
+        if not 0 <= self.label_smoothing < 1:
+            raise AutopruneError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:
             raise AutopruneError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.sparsity is not None:
@@ -212,7 +218,9 @@ def fit(
     start_epoch = 0
     swa = _WeightAverage() if config.swa_epochs else None
     if resume_path is not None and Path(resume_path).exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        state = load_tensors(resume_path, "resume file")
+        if not isinstance(state, dict) or "model" not in state:
+            raise AutopruneError(f"resume file {resume_path} is not a training state: delete it to start afresh")
         if not _same_settings(state.get("config"), config):
             raise AutopruneError(f"{resume_path} was written by a run with other settings; delete it or use the same ones")
         model.load_state_dict(state["model"])

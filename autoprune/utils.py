@@ -1,17 +1,22 @@
-"""Small helpers shared across the package: atomic writes, seeding, environment record."""
+"""Small helpers shared across the package: atomic writes, safe reads, seeding, environment record."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import random
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from autoprune.errors import AutopruneError
 
 
 @contextlib.contextmanager
@@ -33,6 +38,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, an output path that cannot be written: a directory where a file is meant,
+    or a parent that is a file or not writable. Missing parent folders are fine (they are created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AutopruneError(f"{what} {path} is a directory: give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AutopruneError(f"{what} {path} cannot be written: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AutopruneError(f"{what} {path} cannot be written: {parent} is not writable")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """As ``check_output`` for a folder: an existing file there is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AutopruneError(f"{what} {path} is a file: give a folder")
+    check_output(path / "_", what)
+    return path
+
+
+def _readable(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise AutopruneError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise AutopruneError(f"{what} {path} does not exist")
+
+
+def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one clear error naming ``path`` when it is
+    missing, damaged or not a weights-only file (nothing in the file is ever run)."""
+    path = Path(path)
+    _readable(path, what)
+    try:
+        with warnings.catch_warnings():  # torch's notes on odd pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- truncated zip, random bytes, a pickle with code: all refused alike
+        raise AutopruneError(f"{what} {path} is damaged or not a PyTorch weights file (it was read with "
+                             "weights_only=True: nothing in it ran)") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The JSON in ``path``, with one clear error naming it when it is missing or not valid JSON."""
+    path = Path(path)
+    _readable(path, what)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AutopruneError(f"{what} {path} is not valid JSON ({str(exc).splitlines()[0][:100]})") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -11,7 +11,6 @@ are saved as they finish; ``--resume`` keeps them.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from autoprune.data import load_splits
 from autoprune.pruning import PruningSpace
 from autoprune.recovery import FinetuneRecipe, finetune
 from autoprune.training import evaluate
-from experiments.common import run_script, write_report
+from autoprune.utils import read_json
+from experiments.common import read_report, report_row, run_script, write_report
 
 # name -> recipe changes from the library default; "kd" distils from the unpruned model
 RECIPES = {
@@ -56,11 +56,10 @@ def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     name = cfg.name or f"finetune_recipes_{cfg.epochs}ep"
     saved = Path("docs/results") / f"{name}.json"
-    rows = json.loads(saved.read_text())["results"]["rows"] if cfg.resume and saved.exists() else []
+    rows = read_json(saved, "earlier results")["results"]["rows"] if cfg.resume and saved.exists() else []
+    row = report_row(read_report(cfg.report)["rows"], cfg.method, cfg.target, cfg.report)
     base, payload = load_model(cfg.checkpoint)
     splits = load_splits(payload["meta"]["dataset"], cfg.data_dir, payload["meta"]["val_size"])
-    row = next(r for r in json.loads(Path(cfg.report).read_text())["rows"]
-               if r["method"] == cfg.method and abs(r["target"] - cfg.target) < 1e-6)
     space = PruningSpace(base, torch.zeros(1, *splits.input_shape))
     strategy = np.asarray(row["kept_channels"]) / space.channels
     done = {(r["recipe"], r["seed"]) for r in rows}

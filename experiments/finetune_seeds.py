@@ -15,7 +15,6 @@ Resumable: rows already in the output are kept.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.training import recalibrate_bn
-from experiments.common import run_script, write_report
+from autoprune.utils import read_json
+from experiments.common import read_report, run_script, write_report
 
 
 @dataclass
@@ -75,7 +75,7 @@ def markdown(rows: list[dict], seeds: int) -> str:
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
-    report = json.loads((Path(cfg.report) / "results.json").read_text())
+    report = read_report(cfg.report)
     settings = report_settings(report)
     model, payload = load_model(cfg.checkpoint)
     if fingerprint(model) != settings["base_fingerprint"]:
@@ -89,7 +89,7 @@ def main(cfg: Config) -> None:
     wanted = [r for r in report["rows"] if (not targets or round(r["target"], 6) in targets)
               and (not methods or r["method"] in methods)]
     out = Path("docs/results") / f"{cfg.name}.json"
-    done = json.loads(out.read_text())["results"]["rows"] if out.exists() else []
+    done = read_json(out, "earlier results")["results"]["rows"] if out.exists() else []
     rows = [r for r in done if r.get("seeds") == cfg.seeds]
     seeds = range(settings["seed"], settings["seed"] + cfg.seeds)
     for source in wanted:

@@ -11,13 +11,13 @@ rows would not be comparable, and no (method, target) may appear twice.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from autoprune.agents.evaluate import markdown_table, write_report
 from autoprune.errors import AutopruneError
+from experiments.common import read_report
 
 # What makes rows comparable across runs: the same base model, data, split and fine-tune budget.
 SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs", "finetune_seeds", "precision", "lr",
@@ -27,12 +27,7 @@ SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs",
 def merge(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """The rows of ``reports`` (checked comparable, no (method, target) twice), the merged config, and the
     unpruned model's record (architecture, test accuracy) that they share."""
-    loaded = []
-    for d in reports:
-        path = d / "results.json"
-        if not path.is_file():
-            raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {d}` first")
-        loaded.append(json.loads(path.read_text()))
+    loaded = [read_report(d) for d in reports]
     first = loaded[0]["config"]
     for d, report in zip(reports[1:], loaded[1:]):
         differ = [k for k in SHARED if report["config"].get(k) != first.get(k)]

@@ -18,14 +18,13 @@ baseline's, and the mean paired difference over the targets where both were eval
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoprune.agents.report import Report, count_verdicts, methods_of, paired_differences
 from autoprune.errors import AutopruneError
-from experiments.common import accuracy_table, run_script, write_report
+from experiments.common import accuracy_table, read_report, run_script, write_report
 from experiments.merge_reports import SHARED, merge
 
 POLICY = "policy"
@@ -42,7 +41,7 @@ class Config:
 def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of every report (another report's policy rows renamed to their label), the policies first."""
     rows, _, _ = merge([Path(d) for d in cfg.reports])
-    reference = json.loads((Path(cfg.reports[0]) / "results.json").read_text())["config"]
+    reference = read_report(cfg.reports[0])["config"]
     methods = {r["method"] for r in rows}
     policies = [POLICY] if POLICY in methods else []
     for spec in cfg.policy:
@@ -52,9 +51,7 @@ def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         if label in methods:
             raise AutopruneError(f"--policy label {label!r} is already a method of the reports: pick another")
         path = Path(directory) / "results.json"
-        if not path.is_file():
-            raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {directory}` first")
-        report = json.loads(path.read_text())
+        report = read_report(directory)
         differ = [k for k in SHARED if report["config"].get(k) != reference.get(k)]
         if differ:
             raise AutopruneError(f"{directory} differs from {cfg.reports[0]} in {', '.join(differ)}: not comparable")

@@ -9,17 +9,15 @@ right) and how often each proxy picks the best method per target.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
 from autoprune.task import AccuracyProxy
-from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
+from experiments.common import TaskConfig, checkpoint_task, read_report, run_script, write_report
 
 
 @dataclass
@@ -31,7 +29,7 @@ class Config(TaskConfig):
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
-    rows = json.loads((Path(cfg.report) / "results.json").read_text())["rows"]
+    rows = read_report(cfg.report)["rows"]
     task = checkpoint_task(cfg)
     steps = [int(s) for s in cfg.steps.split(",")]
     proxies = {n: AccuracyProxy(task.splits, cfg.proxy_images, finetune_steps=n) for n in steps}

@@ -11,10 +11,8 @@ with ``finetune_epochs`` > 0, after the shared recipe's fine-tune with and witho
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +20,7 @@ import torch
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from experiments.common import run_script, write_report
+from experiments.common import read_report, report_row, run_script, write_report
 
 
 @dataclass
@@ -45,11 +43,11 @@ def main(cfg: Config) -> None:
     refit = plain.derive(reconstruct=cfg.images)
     splits = plain.splits
     calib = calibration_batches(splits.train)
-    rows = json.loads(Path(cfg.report).read_text())["rows"]
+    rows = read_report(cfg.report)["rows"]
     base = evaluate(plain.model, splits.test)
     results = []
     for target in cfg.targets:
-        row = next(r for r in rows if r["method"] == cfg.method and abs(r["target"] - target) < 1e-6)
+        row = report_row(rows, cfg.method, target, cfg.report)
         strategy = np.asarray(row["kept_channels"]) / plain.space.channels
         adaptive = plain.apply(strategy)
         recalibrate_bn(adaptive, calib)

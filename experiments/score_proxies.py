@@ -21,11 +21,9 @@ calibration batches), ``measure`` (what is reported of the predictions: ``accura
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +34,7 @@ from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.task.proxy import PROXIES
 from autoprune.task.task import make_proxy
+from autoprune.utils import read_json
 from experiments.common import TaskConfig, run_script, write_report
 
 # spec option -> (AccuracyProxy argument, type)
@@ -112,7 +111,10 @@ def main(cfg: Config) -> None:
     from autoprune.agents.common import fingerprint
 
     torch.set_num_threads(cfg.threads)
-    data = json.loads(Path(cfg.data).read_text())["results"]
+    loaded = read_json(cfg.data, "fidelity data")
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("results"), dict) or "strategies" not in loaded["results"]:
+        raise AutopruneError(f"{cfg.data} is not a file of experiments.fidelity_data (no strategies)")
+    data = loaded["results"]
     specs = [(spec, *parse_spec(spec)) for spec in cfg.proxies]
     rows = usable(data["strategies"], cfg.limit)
     if not rows:

@@ -16,7 +16,6 @@ search time (the adaptation's own episodes for an adapted policy) against the ow
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 from autoprune.agents.evaluate import policy_search_seconds
 from autoprune.agents.report import finetuned_runs, paired_differences
 from autoprune.errors import AutopruneError
-from experiments.common import accuracy_table, run_script, write_report
+from experiments.common import accuracy_table, read_report, run_script, write_report
 from experiments.merge_reports import SHARED
 
 BASELINES = ("global", "uniform", "tp-global")
@@ -42,10 +41,8 @@ class Config:
 
 def load(directory: str) -> dict[str, Any]:
     path = Path(directory) / "results.json"
-    if not path.is_file():
-        raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {directory}` first")
-    report = json.loads(path.read_text())
-    if "rows" not in report or "merged_from" in report.get("config", {}):
+    report = read_report(directory)
+    if "merged_from" in report.get("config", {}):
         raise AutopruneError(f"{path}: give a report written by one `autoprune evaluate` run, not a merged one")
     return report
 

@@ -211,7 +211,7 @@ def test_bad_input_is_one_line_exit_2(case, trained_small, tmp_path):
     (["quantize", "{bad}", "--out", "{tmp}/x.onnx"], "not a readable autoprune model file"),
     (["finetune", "{base}", "--epochs", "1", "--distill", "--out", "{tmp}/x.pt"], "needs the unpruned model"),
     (["finetune", "{base}", "--epochs", "1", "--no-distill", "--teacher", "{base}", "--out", "{tmp}/x.pt"], "only used for distillation"),
-    (["finetune", "{base}", "--epochs", "1", "--data", "cifar10", "--out", "{tmp}/x.pt"], "needs --data-dir"),
+    (["finetune", "{base}", "--epochs", "1", "--no-distill", "--data", "cifar10", "--out", "{tmp}/x.pt"], "needs --data-dir"),
     (["bench", "{base}", "--batch", "0"], "batch sizes must be positive"),
 ])
 def test_bad_input_in_process(args, message, trained_small, tmp_path, capsys):

@@ -355,5 +355,19 @@ def test_scripts_end_on_a_one_line_error(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"policy_vs_baselines: error: {tmp_path / 'none' / 'results.json'} does not exist: "
         f"run `autoprune evaluate --out {tmp_path / 'none'}` first"]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "results.json").write_text("{not json")
+    (tmp_path / "table.json").write_text('{"rows": [{"method": "uniform", "target": 0.5}]}')
+    for args, message in (
+            (["merge_reports", str(damaged), "--out", str(tmp_path / "m")], "is not valid JSON"),
+            (["score_proxies", "--data", str(tmp_path / "none.json")], "does not exist"),
+            (["score_proxies", "--data", str(damaged / "results.json")], "is not valid JSON"),
+            (["finetune_recipes", "--report", str(tmp_path / "table.json"), "--method", "foo"], "holds no foo row at target")):
+        done = subprocess.run([sys.executable, "-m", f"experiments.{args[0]}", *args[1:]], cwd=ROOT, capture_output=True,
+                              text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "m").exists()
     for script in CONFIGURED:  # every script's command line goes through run_script
         assert (ROOT / "experiments" / f"{script}.py").read_text().rstrip().endswith("run_script(main, Config)"), script

@@ -34,7 +34,7 @@ from autoprune.envs import ChannelPruningEnv
 from autoprune.envs.channel_pruning import SHARED_OBSERVATIONS, check_shared_observation, check_shared_rules
 from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask, make_task
-from autoprune.utils import versions
+from autoprune.utils import read_json, versions
 
 
 @dataclass
@@ -248,6 +248,8 @@ def search(
             raise AutopruneError("give at least one task")
         config = replace(config, settings=given[0].settings)
     resuming = resume and (resume_dir / "agent.zip").exists()
+    if resume and not resuming:
+        raise AutopruneError(f"nothing to resume in {out} (no resume/agent.zip): run without --resume to start a search")
     # a resumed search continues its own agent: the initial policy was read when it started
     init = _read_init_policy(config) if config.init_policy and not resuming else None
     several_given = _several(checkpoint, task)  # refused before any model is loaded
@@ -289,10 +291,9 @@ def search(
                              warmup_episodes=config.warmup_episodes or 0,
                              gamma=config.gamma, learning_rate=config.learning_rate, noise_sigma=config.noise_sigma,
                              noise_decay=config.noise_decay, seed=config.seed)
-    out.mkdir(parents=True, exist_ok=True)
     state = None
     if resuming:
-        state = json.loads((resume_dir / "state.json").read_text())
+        state = read_json(resume_dir / "state.json", "search state")
         saved = [b["fingerprint"] for b in policy_bases(state["meta"])]
         if several or len(saved) > 1:
             if saved != [b["fingerprint"] for b in bases]:
@@ -309,8 +310,6 @@ def search(
         if isinstance(agent, OffPolicyAlgorithm):
             agent.load_replay_buffer(resume_dir / "replay.pkl")
         agent.set_random_seed(config.seed + state["monitor"]["episodes"])
-    elif resume:
-        raise AutopruneError(f"nothing to resume in {out} (no resume/agent.zip)")
     else:
         agent = create_agent(config.agent, env, settings, tensorboard=str(out / "tb"))
         if init is not None:
@@ -319,6 +318,7 @@ def search(
             except (RuntimeError, KeyError) as exc:
                 raise AutopruneError(f"--init-policy {config.init_policy} does not fit a {config.agent} network: "
                                      f"{str(exc).splitlines()[0][:160]}") from None
+    out.mkdir(parents=True, exist_ok=True)  # only once the search can start: a refused one leaves nothing
     callbacks = training_callbacks(agent, settings)
 
     def save(monitor: SearchMonitor) -> None:

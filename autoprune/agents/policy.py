@@ -16,7 +16,6 @@ scores of base ``i > 0`` are in ``importance-{i}.pt``. The policy binds to any o
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from autoprune.errors import AutopruneError
 from autoprune.pruning import PruningSpace, check_target
 from autoprune.task import PruningSettings, StrategyEpisode, make_prior
 from autoprune.task.observation import make_observation
+from autoprune.utils import load_tensors, read_json
 
 POLICY_FORMAT = "autoprune.policy/1"
 IMPORTANCE_FILE = "importance.pt"
@@ -258,8 +258,8 @@ def _load_scores(directory: Path, criterion: str, base: int = 0) -> list[np.ndar
     path = directory / importance_file(base)
     if not path.is_file():
         return None  # saved before scores were stored: they are recomputed for the criterion
+    saved = load_tensors(path, "importance scores")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved["criterion"] != criterion:
             raise ValueError(f"scores of criterion {saved['criterion']!r}")
         return [t.numpy() for t in saved["scores"]]
@@ -274,11 +274,8 @@ def read_policy(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
     if not meta_path.is_file() or not weights_path.is_file():
         raise AutopruneError(f"{directory} is not a policy directory (policy.json and policy.pt are needed); "
                              "create one with `autoprune search`")
-    try:
-        meta = json.loads(meta_path.read_text())
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (ValueError, RuntimeError, OSError, EOFError) as exc:
-        raise AutopruneError(f"{directory} holds a damaged policy ({exc.__class__.__name__})") from None
+    meta = read_json(meta_path, "policy metadata")
+    state = load_tensors(weights_path, "policy weights")
     if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
         raise AutopruneError(f"{meta_path} is not an autoprune policy (format {POLICY_FORMAT!r} expected)")
     if meta.get("agent") not in ALGORITHM_CLASSES:

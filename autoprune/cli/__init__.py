@@ -12,7 +12,7 @@ import os
 import sys
 
 from autoprune.cli import base, deploy, search
-from autoprune.cli.common import COMMANDS
+from autoprune.cli.common import COMMANDS, positive_int
 from autoprune.errors import AutopruneError
 
 
@@ -25,7 +25,7 @@ def _threads(n: int | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Conditional automated channel pruning of CNNs.")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: all cores)")
     parser.add_argument("--device", default="cpu", help="where training and fine-tuning steps run: cpu, cuda or auto "
                                                          "(cuda when available); everything else runs on the CPU")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from autoprune.cli.common import command, data_args, precision_arg
+from autoprune.cli.common import command, data_args, precision_arg, seed_arg
 from autoprune.errors import AutopruneError
 
 
@@ -32,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic-thresholds", action="store_true",
                    help="penalise only channels below a per-layer threshold recomputed every epoch, keeping at "
                         "least a quarter of every layer above it (needs --sparsity)")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same arch and classes) instead of a random init: "
                         "a warm restart that continues a finished schedule")
@@ -42,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded digits data")
     p.add_argument("--out", default="out/demo", help="where the demo writes its models and report")
     p.add_argument("--episodes", type=int, default=300, help="search episodes")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
 
     p = sub.add_parser("info", help="per-layer channels, FLOPs and parameters of a model file, against its dense architecture")
     p.add_argument("model", help="an autoprune model file (.pt)")
@@ -89,7 +88,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from autoprune.pruning import count_flops, count_params
 
     model, payload = load_model(args.model)
-    meta = payload["meta"]
+    meta = payload.get("meta", {})
     dense = models.create(payload["arch"], num_classes=payload["num_classes"], in_channels=payload.get("in_channels", 3))
     x = torch.zeros(1, *meta.get("input_shape", [payload.get("in_channels", 3), 32, 32]))
     flops, dense_flops = count_flops(model, x), count_flops(dense, x)
@@ -120,9 +119,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from autoprune.checkpoint import load_model, save_model
     from autoprune.data import load_splits
     from autoprune.training import evaluate
+    from autoprune.utils import check_output
 
     if not args.half:
         raise AutopruneError("nothing to convert: give --half")
+    check_output(args.out, "--out")
     model, payload = load_model(args.model)
     meta = dict(payload.get("meta", {}))
     splits = load_splits(args.data or meta.get("dataset", "digits"), args.data_dir, args.val_size or meta.get("val_size"))
@@ -152,11 +153,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from autoprune.checkpoint import save_model
     from autoprune.data import load_splits
     from autoprune.training import TrainConfig, evaluate, fit
-    from autoprune.utils import seed_everything, versions
+    from autoprune.utils import check_output, seed_everything, versions
 
     if not args.arch.startswith(models.TORCHVISION_PREFIX):
         models.MODELS.get(args.arch)  # fail fast on a typo, before loading any data
-    out = Path(args.out)
+    out = check_output(args.out, "--out")  # before the training, not after it
     if args.sparsity is None and args.sparsity_lambda is not None:
         raise AutopruneError("--sparsity-lambda needs a sparsity method: give --sparsity bn-l1 as well")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

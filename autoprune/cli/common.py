@@ -33,6 +33,32 @@ def data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
     p.add_argument("--val-size", type=int, help="validation images carved from the training set (default: 10%%, at most 5000)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2**32 - 1] (what NumPy and PyTorch accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**32 - 1], got {value}")
+    return value
+
+
+def seed_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
+
+
 def parse_range(text: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in text.split(":"))
@@ -41,11 +67,30 @@ def parse_range(text: str) -> tuple[float, float]:
     return low, high
 
 
-def parse_list(text: str) -> list[float]:
+def parse_names(text: str, flag: str, allow_empty: bool = False) -> list[str]:
+    """A comma-separated list of distinct, non-empty items (``flag`` names the option in errors); an empty
+    text is the empty list where ``allow_empty``."""
+    if allow_empty and not text.strip():
+        return []
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in items):
+        raise AutopruneError(f"{flag} must be a comma-separated list without empty items, got {text!r}")
+    repeated = sorted({v for v in items if items.count(v) > 1})
+    if repeated:
+        raise AutopruneError(f"{flag} names {', '.join(repeated)} more than once")
+    return items
+
+
+def parse_list(text: str, flag: str = "--targets") -> list[float]:
+    """A comma-separated list of distinct numbers, e.g. ``0.3,0.5,0.7``."""
+    items = parse_names(text, flag)
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in items]
     except ValueError:
-        raise AutopruneError(f"--targets must be a comma-separated list (e.g. 0.3,0.5,0.7), got {text!r}") from None
+        raise AutopruneError(f"{flag} must be a comma-separated list of numbers (e.g. 0.3,0.5,0.7), got {text!r}") from None
+    if len(set(values)) < len(values):
+        raise AutopruneError(f"{flag} gives the same value more than once: {text!r}")
+    return values
 
 
 def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
@@ -115,6 +160,6 @@ def recipe_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def workers_args(p: argparse.ArgumentParser, what: str) -> None:
     """``--workers`` and ``--address``: run on Ray, on this machine or on a cluster."""
-    p.add_argument("--workers", type=int, default=1, help=f"{what} (default 1: in this process, without Ray)")
+    p.add_argument("--workers", type=positive_int, default=1, help=f"{what} (default 1: in this process, without Ray)")
     p.add_argument("--address", help="join a running Ray cluster: auto (started here with `ray start`) or HOST:PORT "
                                      "of its head node")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprune.cli.common import command, data_args, recipe_args, recipe_from
+from autoprune.cli.common import command, data_args, positive_int, recipe_args, recipe_from, seed_arg
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, help="default 5e-4")
     p.add_argument("--temperature", type=float, help="distillation temperature (default 4)")
     p.add_argument("--alpha", type=float, help="weight of the distillation term (default 0.9)")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
     p.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -35,9 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     data_args(p, default=None)
     p.add_argument("--calib-batches", type=int, default=16, help="training batches that set the activation ranges")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--qat-epochs", type=int, help="with --method qat: fake-quant fine-tune epochs (default 2)")
     p.add_argument("--qat-lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
     p.add_argument("--out", required=True, help="the int8 model (.onnx)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model and batch size (median reported)")
     p.add_argument("--warmup", type=int, default=5)
     # its own dest: a sub-parser default would otherwise overwrite the global --threads
-    p.add_argument("--threads", dest="bench_threads", type=int, help="CPU threads for both runtimes (default: PyTorch's, i.e. all cores)")
+    p.add_argument("--threads", dest="bench_threads", type=positive_int, help="CPU threads for both runtimes (default: PyTorch's, i.e. all cores)")
     p.add_argument("--runtimes", default="torch,onnxruntime", help="comma-separated subset of torch,onnxruntime")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold BatchNorm into the convolutions before timing in PyTorch (baseline and models alike)")
@@ -62,7 +62,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from autoprune.errors import AutopruneError
     from autoprune.recovery import finetune
     from autoprune.training import evaluate
-    from autoprune.utils import seed_everything, versions
+    from autoprune.utils import check_output, seed_everything, versions
 
     if args.finetune_epochs < 1:
         raise AutopruneError(f"--epochs must be >= 1, got {args.finetune_epochs}")
@@ -70,26 +70,42 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                                        temperature=args.temperature, alpha=args.alpha)
     if args.teacher and not recipe.distill:
         raise AutopruneError("--teacher is only used for distillation; drop --no-distill or drop --teacher")
+    check_output(args.out, "--out")
     model, payload = load_model(args.model)
-    splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
-    teacher_path = args.teacher or (payload["meta"].get("base_checkpoint") if recipe.distill else None)
-    if recipe.distill and not (teacher_path and Path(teacher_path).is_file()):
+    meta = payload.get("meta", {})
+    teacher_path = args.teacher or (meta.get("base_checkpoint") if recipe.distill else None)
+    if recipe.distill and not teacher_path:
         raise AutopruneError("distillation (the default recipe) needs the unpruned model: pass --teacher BASE.pt "
                              "(the model the pruned one came from), or --no-distill")
-    teacher = load_model(teacher_path)[0] if recipe.distill else None
+    teacher = None
+    if recipe.distill:
+        teacher, teacher_payload = load_model(teacher_path)  # names the file when it is missing or unreadable
+        _check_same_task(meta, teacher_payload.get("meta", {}), teacher_path)
+    splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
     seed_everything(args.seed)
     print(f"fine-tuning {args.model} ({payload['arch']}) on {splits.train.name} for {recipe.epochs} epochs "
           f"({recipe.schedule}, lr {recipe.lr:g})" + (f", distilling from {teacher_path}" if teacher is not None else ""))
     result = finetune(model, splits, recipe, teacher=teacher, seed=args.seed, progress=not args.no_progress)
     test_acc = evaluate(model, splits.test)
-    meta = dict(payload["meta"])
+    meta = dict(meta)
     meta.update({"dataset": splits.train.name, "val_size": splits.val_size, "input_shape": list(splits.input_shape),
                  "test_accuracy": test_acc, "val_accuracy": result.val_after, "versions": versions(),
                  "finetune": {**result.summary(), "source": str(args.model), "teacher": teacher_path if teacher is not None else None,
-                              "test_accuracy_before": payload["meta"].get("test_accuracy")}})
+                              "test_accuracy_before": payload.get("meta", {}).get("test_accuracy")}})
     save_model(args.out, model, payload["arch"], payload["num_classes"], meta, in_channels=payload.get("in_channels", 3))
     kept = "  (no epoch beat the starting weights; kept them)" if result.kept_initial else ""
     print(f"val {result.val_before:.2f}% -> {result.val_after:.2f}%  test {test_acc:.2f}%{kept} -> {args.out}")
+
+
+def _check_same_task(meta: dict, teacher_meta: dict, teacher_path: str) -> None:
+    """A teacher trained on another data set or input size would distil nonsense: refuse it up front."""
+    from autoprune.errors import AutopruneError
+
+    for key, what in (("dataset", "data set"), ("input_shape", "input shape")):
+        mine, theirs = meta.get(key), teacher_meta.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise AutopruneError(f"teacher {teacher_path} was trained with {what} {theirs}, the model with {mine}: "
+                                 "pass the unpruned model the pruned one came from")
 
 
 @command("export")
@@ -98,8 +114,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from autoprune.checkpoint import load_model
     from autoprune.deploy.export import check_format, export, max_abs_difference
+    from autoprune.utils import check_output
 
     check_format(args.format)
+    check_output(args.out, "--out")
     model, payload = load_model(args.model)
     meta = {**payload["meta"], "arch": payload["arch"], "num_classes": payload["num_classes"], "source": str(args.model)}
     shape = tuple(meta.get("input_shape", [payload.get("in_channels", 3), 32, 32]))
@@ -115,15 +133,21 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from autoprune.checkpoint import load_model
     from autoprune.deploy.quantize import check_method, quantize
     from autoprune.deploy.splits import splits_for_model
-    from autoprune.utils import seed_everything
+    from autoprune.errors import AutopruneError
+    from autoprune.utils import check_output, seed_everything
 
     check_method(args.method)
+    if args.method == "ptq" and args.qat_epochs is not None:
+        raise AutopruneError("--qat-epochs applies to --method qat; post-training quantization (ptq) trains nothing")
+    if args.qat_epochs is not None and args.qat_epochs < 1:
+        raise AutopruneError(f"--qat-epochs must be >= 1, got {args.qat_epochs}")
+    check_output(args.out, "--out")
     model, payload = load_model(args.model)
     splits = splits_for_model(payload, args.data, args.data_dir, args.val_size, source=args.model)
     seed_everything(args.seed)
     meta = {**payload["meta"], "arch": payload["arch"], "num_classes": payload["num_classes"], "source": str(args.model)}
     r = quantize(model, splits, args.out, method=args.method, calib_batches=args.calib_batches, batch_size=args.batch_size,
-                 qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, seed=args.seed, meta=meta, progress=not args.no_progress)
+                 **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}), qat_lr=args.qat_lr, seed=args.seed, meta=meta, progress=not args.no_progress)
     print(f"{'':12} {'ONNX size (bytes)':>18} {'test accuracy':>14}")
     print(f"{'fp32':12} {r.fp32_bytes:>18,} {r.fp32_accuracy:>13.2f}%")
     print(f"{'int8 ' + r.method:12} {r.int8_bytes:>18,} {r.int8_accuracy:>13.2f}%")
@@ -136,8 +160,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> None:
     from autoprune.deploy.bench import bench, format_table, parse_batches
+    from autoprune.utils import check_output
 
     threads = args.bench_threads or args.threads
+    if args.json:
+        check_output(args.json, "--json")
     rows = bench(args.models, args.baseline, parse_batches(args.batch), repeats=args.repeats, warmup=args.warmup,
                  threads=threads, runtimes=[r.strip() for r in args.runtimes.split(",") if r.strip()], fold_bn=args.fold_bn)
     print(format_table(rows))

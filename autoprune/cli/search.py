@@ -11,9 +11,11 @@ from autoprune.cli.common import (
     command,
     data_args,
     parse_list,
+    parse_names,
     parse_range,
     recipe_args,
     recipe_from,
+    seed_arg,
     settings_args,
     settings_from,
     workers_args,
@@ -37,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="start from this trained policy's network (same agent and observation set) to adapt it to "
                         "the --checkpoint model(s) in a few episodes; its settings and target range are the defaults")
     settings_args(p, "the library's")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
     p.add_argument("--checkpoint-every", type=int, default=25, help="episodes between saved checkpoints")
     workers_args(p, "episodes (proxy evaluations) run at once, each in a Ray worker")
     p.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (Ray CPUs) of each worker")
@@ -66,7 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="reach the target in K prune-fine-tune steps (--finetune-epochs each; default 1: one shot); "
                         "the channel counts shrink linearly to the policy's or method's strategy, the channels "
                         "re-chosen on the fine-tuned weights at every step")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
     p.add_argument("--out", required=True, help="pruned model file (.pt); a .json summary is written beside it")
 
     p = sub.add_parser("evaluate", help="compare a policy with baselines across targets")
@@ -84,7 +86,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-seeds", type=int, metavar="N",
                    help="fine-tune every pruned model N times (seeds seed..seed+N-1) and report mean and standard "
                         "deviation (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p)
     workers_args(p, "fine-tunes run at once, each in a Ray worker with one thread")
     p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out/results.json and compute the rest")
@@ -100,7 +102,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     from autoprune.agents.policy import load_policy, read_policy
     from autoprune.envs.channel_pruning import SHARED_OBSERVATIONS
     from autoprune.task import PruningSettings
+    from autoprune.utils import check_output_dir
 
+    check_output_dir(args.out, "policy folder")
     checkpoints = args.checkpoint
     init = read_policy(args.init_policy)[0] if args.init_policy else None  # its agent, settings and range are defaults
     low, high = parse_range(args.targets) if args.targets else tuple(init["target_range"]) if init else (0.2, 0.9)
@@ -130,7 +134,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def _task(args: argparse.Namespace, policy_dir: str | None):  # type: ignore[no-untyped-def]
     """The base model's task under the policy's settings (or the library's) and the flags; and the policy."""
-    from autoprune.agents.policy import load_policy
+    from autoprune.agents.policy import load_policy, read_policy
     from autoprune.checkpoint import load_model
     from autoprune.data import load_splits
     from autoprune.task import PruningTask, importance_data, make_task
@@ -138,8 +142,9 @@ def _task(args: argparse.Namespace, policy_dir: str | None):  # type: ignore[no-
     if policy_dir is None:
         return make_task(checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir, val_size=args.val_size,
                          settings=settings_from(args)), None
+    read_policy(policy_dir)  # a bad policy directory is reported before any data loads
     model, payload = load_model(args.checkpoint)
-    meta = payload["meta"]
+    meta = payload.get("meta", {})
     splits = load_splits(args.data or meta.get("dataset", "digits"), args.data_dir, args.val_size or meta.get("val_size"))
     policy = load_policy(policy_dir, model=model, data=importance_data(splits), transfer=args.transfer,
                          input_shape=splits.input_shape)
@@ -156,7 +161,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from autoprune.agents.baselines import list_searchers
     from autoprune.agents.query import prune_to_target
     from autoprune.checkpoint import save_model
-    from autoprune.utils import seed_everything, versions, write_text_atomic
+    from autoprune.utils import check_output, seed_everything, versions, write_text_atomic
 
     if args.method is not None and args.method not in list_searchers():
         raise AutopruneError(f"unknown method {args.method!r}; choose one of {', '.join(list_searchers())}")
@@ -173,7 +178,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise AutopruneError("--iterative > 1 cannot be combined with --reconstruct, which runs only when pruning "
                              "in one shot")
     recipe = recipe_from(args)
-    out = Path(args.out)
+    out = check_output(args.out, "--out")
     seed_everything(args.seed)
     task, policy = _task(args, args.policy)
     result = prune_to_target(task, args.target, policy=policy, method=args.method, best_of=args.best_of,
@@ -210,13 +215,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from autoprune.agents.baselines import list_searchers
     from autoprune.agents.common import fingerprint
     from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
+    from autoprune.pruning import check_target
     from autoprune.task import PruningSettings
+    from autoprune.utils import check_output_dir, read_json
 
     targets = parse_list(args.targets)
-    baselines = [b for b in args.baselines.split(",") if b.strip()]
+    for target in targets:  # every target before any work: a bad one must not end a half-done report
+        check_target(target)
+    baselines = parse_names(args.baselines, "--baselines", allow_empty=True)  # "": the policy alone
+    if not baselines and args.policy is None:
+        raise AutopruneError("nothing to evaluate: give --policy DIR, --baselines METHODS, or both")
     unknown = [b for b in baselines if b not in list_searchers()]
     if unknown:
         raise AutopruneError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(list_searchers())}")
+    if args.policy is None and (args.policy_best_of != 1 or args.transfer):
+        raise AutopruneError("--policy-best-of and --transfer apply to a policy: give --policy DIR, or drop them")
+    if args.policy_best_of < 1:
+        raise AutopruneError(f"--policy-best-of must be >= 1, got {args.policy_best_of}")
+    check_output_dir(args.out, "report folder")
     if args.finetune_seeds is not None and args.finetune_seeds < 1:
         raise AutopruneError(f"--finetune-seeds must be >= 1, got {args.finetune_seeds}")
     if args.finetune_seeds is not None and args.finetune_seeds > 1 and args.finetune_epochs < 1:
@@ -232,7 +248,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     done = []
     previous = Path(args.out) / "results.json"
     if args.resume and previous.exists():
-        saved = json.loads(previous.read_text())
+        saved = read_json(previous, "report")
+        if not isinstance(saved, dict) or not isinstance(saved.get("rows"), list):
+            raise AutopruneError(f"{previous} is not an evaluate report (no rows): write to a new --out")
         saved_config = saved.get("config", {})
         if isinstance(saved_config.get("settings"), dict):  # a setting added later reads as its default
             saved_config["settings"] = PruningSettings.normalized(saved_config["settings"])
@@ -255,7 +273,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 @command("report")
 def cmd_report(args: argparse.Namespace) -> None:
     from autoprune.agents.report import write_cross_report
+    from autoprune.utils import check_output_dir
 
+    check_output_dir(args.out, "report folder")
     reports = write_cross_report(args.reports, args.out)
     print((Path(args.out) / "cross_arch.md").read_text())
     print(f"{len(reports)} reports joined -> {args.out} (cross_arch.md, cross_arch.json, cross_arch.png)")

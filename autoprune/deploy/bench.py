@@ -33,7 +33,7 @@ RUNTIMES = ("torch", "onnxruntime")
 def parse_batches(text: str) -> list[int]:
     """``"1,64"`` -> ``[1, 64]``."""
     try:
-        batches = [int(b) for b in text.split(",") if b.strip()]
+        batches = [int(b) for b in text.split(",")]
     except ValueError:
         batches = []
     if not batches or min(batches) < 1:
