@@ -46,6 +46,17 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
             load_model(tmp_path / name)
 
 
+def test_a_file_that_does_not_fit_its_architecture_names_the_keys(tmp_path):
+    model = models.create("smallcnn")
+    save_model(tmp_path / "m.pt", model, "smallcnn", 10)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    dropped = next(iter(payload["state_dict"]))
+    del payload["state_dict"][dropped]
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(AutopruneError, match=f"does not match architecture 'smallcnn': Missing key.*{dropped}"):
+        load_model(tmp_path / "m.pt")
+
+
 def test_file_with_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
