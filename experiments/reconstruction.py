@@ -1,12 +1,15 @@
 """Least-squares reconstruction after pruning: accuracy before fine-tuning, its cost, and after a fine-tune.
 
 The strategies are those of a committed comparison report (by default the policy's at 0.3, 0.5 and
-0.7). Each is pruned from the base model and scored on the test split four ways: BN statistics
+0.7), or, with ``--report ""``, those a baseline ``--method`` (e.g. ``global``) finds on the base model
+itself, so that a new base model is measured before any policy is searched on it. Each is pruned from the base model and scored on the test split four ways: BN statistics
 re-estimated (adaptive BN, what ``evaluate`` reports before fine-tuning); reconstructed on
 ``images`` training images with the base model's BN statistics; reconstructed, then adaptive BN; and,
 with ``finetune_epochs`` > 0, after the shared recipe's fine-tune with and without reconstruction.
 
     python -m experiments.reconstruction --images 256
+    python -m experiments.reconstruction --checkpoint checkpoints/resnet56-cifar10.pt --report "" --method global \
+        --finetune-epochs 1 --name reconstruction_resnet56
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from autoprune.agents.baselines import create_searcher
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
@@ -27,8 +31,9 @@ from experiments.common import read_report, report_row, run_script, write_report
 class Config:
     checkpoint: str = "checkpoints/resnet20-cifar10.pt"
     data_dir: str = "../shared/data/cifar10"
-    report: str = "docs/results/resnet20-cifar10/results.json"
-    method: str = "policy"
+    report: str = "docs/results/resnet20-cifar10/results.json"  # "": strategies of the baseline --method
+    method: str = "policy"  # a report's method, or with --report "" a baseline (see `autoprune methods`)
+    episodes: int = 100  # proxy evaluations of a searching baseline method (with --report "")
     targets: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
     images: int = 256  # calibration images for the least-squares fits
     finetune_epochs: int = 0  # > 0: also the accuracy after the shared recipe's fine-tune, with and without
@@ -43,12 +48,17 @@ def main(cfg: Config) -> None:
     refit = plain.derive(reconstruct=cfg.images)
     splits = plain.splits
     calib = calibration_batches(splits.train)
-    rows = read_report(cfg.report)["rows"]
+    rows = read_report(cfg.report)["rows"] if cfg.report else None
+    if rows is None:
+        create_searcher(cfg.method)  # an unknown method is an error before any work
     base = evaluate(plain.model, splits.test)
     results = []
     for target in cfg.targets:
-        row = report_row(rows, cfg.method, target, cfg.report)
-        strategy = np.asarray(row["kept_channels"]) / plain.space.channels
+        if rows is None:
+            strategy = create_searcher(cfg.method).search(plain, target, cfg.episodes, 0).strategy
+        else:
+            row = report_row(rows, cfg.method, target, cfg.report)
+            strategy = np.asarray(row["kept_channels"]) / plain.space.channels
         adaptive = plain.apply(strategy)
         recalibrate_bn(adaptive, calib)
         t0 = time.perf_counter()
@@ -67,7 +77,8 @@ def main(cfg: Config) -> None:
             out["finetuned_reconstructed"] = finetuned_accuracies(rebuilt, splits, recipe, seeds, teacher=plain.model)
         results.append(out)
         print(out, flush=True)
-    md = [f"{cfg.method}'s strategies from `{cfg.report}`; test accuracy (%) before fine-tuning; reconstruction on "
+    source = f"from `{cfg.report}`" if cfg.report else "found on the base model"
+    md = [f"{cfg.method}'s strategies {source}; test accuracy (%) before fine-tuning; reconstruction on "
           f"{cfg.images} training images", "",
           "| target | FLOPs ratio | base | adaptive BN | reconstructed | reconstructed + adaptive BN | lost (adaptive BN → best reconstructed) | seconds |",
           "|---|---|---|---|---|---|---|---|"]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import json
 import re
 import shlex
 from pathlib import Path
@@ -371,3 +372,20 @@ def test_scripts_end_on_a_one_line_error(tmp_path):
     assert not (tmp_path / "m").exists()
     for script in CONFIGURED:  # every script's command line goes through run_script
         assert (ROOT / "experiments" / f"{script}.py").read_text().rstrip().endswith("run_script(main, Config)"), script
+
+
+def test_reconstruction_measures_a_baseline_strategy_without_a_report(trained_small, tmp_path, monkeypatch, one_thread):
+    """``experiments.reconstruction --report ""``: a new base model is measured on a baseline's strategies."""
+    from autoprune.errors import AutopruneError
+    from experiments.reconstruction import Config, main
+
+    monkeypatch.chdir(tmp_path)
+    _, checkpoint = trained_small
+    cfg = Config(checkpoint=str(checkpoint), data_dir="", report="", method="global", targets=[0.5], images=64, threads=1,
+                 name="recon")
+    main(cfg)
+    row = json.loads((tmp_path / "docs" / "results" / "recon.json").read_text())["results"]["rows"][0]
+    assert 0.48 <= row["flops_ratio"] <= 0.5 and row["layers_refitted"] >= 1
+    assert "global's strategies found on the base model" in (tmp_path / "docs" / "results" / "recon.md").read_text()
+    with pytest.raises(AutopruneError, match="foo"):
+        main(Config(checkpoint=str(checkpoint), data_dir="", report="", method="foo", targets=[0.5], threads=1))
