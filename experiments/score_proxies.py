@@ -168,6 +168,8 @@ def main(cfg: Config) -> None:
                "targets": targets,
                "seed_to_seed_spearman": {f"{t:g}": seed_agreement([r for r in rows if r["target"] == t], seeds)
                                          for t in targets},
+               "seed_to_seed_strategies": {f"{t:g}": sum(r["target"] == t and all(s in r["finetuned"] for s in seeds[:2])
+                                                         for r in rows) for t in targets},
                "proxies": proxies, "scores": scores}
     write_report(cfg.name, cfg, results, markdown(results), out_dir=cfg.out_dir)
 
@@ -191,8 +193,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {p['proxy']} | " + " | ".join(cells) + f" | {num(p['mean']['spearman'])} | "
                      f"{p['mean']['picks_best']:.1f} of {len(targets)} | {p['mean']['gap']:.2f} | "
                      f"{p['seconds_per_strategy']:.1f} | {num(p['relative_cost'], '.1f')} |")
-    agreement = ", ".join(f"{t}: {num(v)}" for t, v in results["seed_to_seed_spearman"].items())
-    lines += ["", f"Seed-to-seed ρ of the fine-tune itself (the ceiling of any proxy's ρ) per target: {agreement}."]
+    counts = results.get("seed_to_seed_strategies", {})
+    agreement = ", ".join(f"{t}: {num(v)}" + (f" (n={counts[t]})" if t in counts else "")
+                          for t, v in results["seed_to_seed_spearman"].items())
+    lines += ["", "Seed-to-seed ρ of the fine-tune itself (the ceiling of any proxy's ρ) per target, over the n "
+              f"strategies with both seeds: {agreement}."]
     return "\n".join(lines)
 
 
