@@ -55,6 +55,7 @@ def small_model(tmp_path):
     (["train", "--arch", "smallcnn", "--epochs", "1", "--out", "adir"], "is a directory: give a file name", "adir.partial"),
     (["train", "--arch", "smallcnn", "--label-smoothing", "2", "--out", "x.pt"], "label smoothing must be in", "x.pt"),
     (["info", "adir"], "adir is a directory, not a file", None),
+    (["bench", "adir"], "model file adir is a directory, not a file", None),
     (["search", "--checkpoint", "missing.pt", "--resume", "--out", "s"], "nothing to resume in s", "s"),
     (["search", "--checkpoint", "{model}", "--out", "{model}/s"], "is a file, not a folder", None),
     (["prune", "--policy", "nopolicy", "--checkpoint", "{model}", "--target", "0.5", "--out", "p.pt"],

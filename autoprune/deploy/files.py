@@ -57,6 +57,8 @@ class ModelFile:
 def open_model(path: str | os.PathLike) -> ModelFile:
     """Open an autoprune, TorchScript or ONNX model file."""
     path = Path(path)
+    if path.is_dir():
+        raise AutopruneError(f"model file {path} is a directory, not a file")
     if not path.is_file():
         raise AutopruneError(f"model file {path} does not exist")
     if zipfile.is_zipfile(path):
