@@ -65,18 +65,20 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
     return path
 
 
-def _readable(path: Path, what: str) -> None:
+def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
+    """Refuse a missing file, or a directory where a file is meant, in one line naming ``what``."""
+    path = Path(path)
     if path.is_dir():
         raise AutopruneError(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise AutopruneError(f"{what} {path} does not exist")
+    return path
 
 
 def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one clear error naming ``path`` when it is
     missing, damaged or not a weights-only file (nothing in the file is ever run)."""
-    path = Path(path)
-    _readable(path, what)
+    path = check_readable(path, what)
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickle protocols: the error below says it all
             warnings.simplefilter("ignore")
@@ -88,8 +90,7 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """The JSON in ``path``, with one clear error naming it when it is missing or not valid JSON."""
-    path = Path(path)
-    _readable(path, what)
+    path = check_readable(path, what)
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:

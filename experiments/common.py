@@ -19,7 +19,7 @@ import torch
 import tyro
 
 from autoprune.errors import AutopruneError
-from autoprune.utils import read_json, versions, write_text_atomic
+from autoprune.utils import versions, write_text_atomic
 
 if TYPE_CHECKING:
     from autoprune.data import DataSplits
@@ -80,20 +80,6 @@ def write_report(name: str, config: Any, results: dict[str, Any], markdown: str,
     """Write ``<out_dir>/<name>.json`` (config, versions, command, results) and ``<name>.md``, and print the Markdown."""
     save_report(Path(out_dir) / f"{name}.json", config, results, markdown)
     print(markdown)
-
-
-def read_report(location: str | Path) -> dict[str, Any]:
-    """An ``autoprune evaluate`` report: ``location`` is its folder or its ``results.json``; a missing,
-    damaged or foreign file is one clear error."""
-    path = Path(location)
-    if path.is_dir() or path.suffix != ".json":
-        path = path / "results.json"
-    if not path.exists():
-        raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {path.parent}` first")
-    report = read_json(path, "report")
-    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
-        raise AutopruneError(f"{path} is not an evaluate report (no rows)")
-    return report
 
 
 def report_row(rows: list[dict[str, Any]], method: str, target: float, source: str | Path) -> dict[str, Any]:

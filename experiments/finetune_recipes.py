@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoprune.agents.report import read_report
 from autoprune.checkpoint import load_model
 from autoprune.data import load_splits
 from autoprune.pruning import PruningSpace
 from autoprune.recovery import FinetuneRecipe, finetune
 from autoprune.training import evaluate
 from autoprune.utils import read_json
-from experiments.common import read_report, report_row, run_script, write_report
+from experiments.common import report_row, run_script, write_report
 
 # name -> recipe changes from the library default; "kd" distils from the unpruned model
 RECIPES = {

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from autoprune.agents.common import fingerprint
+from autoprune.agents.report import read_report
 from autoprune.checkpoint import load_model
 from autoprune.deploy.splits import splits_for_model
 from autoprune.pruning import PruningSpace
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.training import recalibrate_bn
 from autoprune.utils import read_json
-from experiments.common import read_report, run_script, write_report
+from experiments.common import run_script, write_report
 
 
 @dataclass

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.agents.evaluate import markdown_table, write_report
+from autoprune.agents.report import read_report
 from autoprune.errors import AutopruneError
-from experiments.common import read_report
 
 # What makes rows comparable across runs: the same base model, data, split and fine-tune budget.
 SHARED = ("base_fingerprint", "data", "data_dir", "val_size", "finetune_epochs", "finetune_seeds", "precision", "lr",

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprune.agents.report import Report, count_verdicts, methods_of, paired_differences
+from autoprune.agents.report import Report, count_verdicts, methods_of, paired_differences, read_report
 from autoprune.errors import AutopruneError
-from experiments.common import accuracy_table, read_report, run_script, write_report
+from experiments.common import accuracy_table, run_script, write_report
 from experiments.merge_reports import SHARED, merge
 
 POLICY = "policy"

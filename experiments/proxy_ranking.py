@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from autoprune.agents.report import read_report
 from autoprune.task import AccuracyProxy
-from experiments.common import TaskConfig, checkpoint_task, read_report, run_script, write_report
+from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from autoprune.agents.baselines import create_searcher
+from autoprune.agents.report import read_report
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from experiments.common import read_report, report_row, run_script, write_report
+from experiments.common import report_row, run_script, write_report
 
 
 @dataclass

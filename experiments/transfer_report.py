@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from autoprune.agents.evaluate import policy_search_seconds
-from autoprune.agents.report import finetuned_runs, paired_differences
+from autoprune.agents.report import finetuned_runs, paired_differences, read_report
 from autoprune.errors import AutopruneError
-from experiments.common import accuracy_table, read_report, run_script, write_report
+from experiments.common import accuracy_table, run_script, write_report
 from experiments.merge_reports import SHARED
 
 BASELINES = ("global", "uniform", "tp-global")

@@ -30,7 +30,7 @@ from autoprune.agents.policy import ConditionalPolicy
 from autoprune.agents.report import paired_differences
 from autoprune.agents.searcher import SEARCHERS, SearchResult
 from autoprune.errors import AutopruneError
-from autoprune.pruning import count_params
+from autoprune.pruning import check_target, count_params
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy, summarize
 from autoprune.task import PruningTask
 from autoprune.training import evaluate, recalibrate_bn
@@ -71,6 +71,10 @@ def evaluate_methods(
     """
     if finetune_seeds < 1:
         raise AutopruneError(f"finetune_seeds must be >= 1, got {finetune_seeds}")
+    if policy_best_of < 1:
+        raise AutopruneError(f"policy_best_of must be >= 1, got {policy_best_of}")
+    for target in targets:  # every target before any work: a bad one must not end a half-done report
+        check_target(target)
     space, splits = task.space, task.splits
     rows = list(done)
     finished = {(r["method"], round(r["target"], 6)) for r in rows}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.errors import AutopruneError
-from autoprune.utils import save_figure, write_text_atomic
+from autoprune.utils import read_json, save_figure, write_text_atomic
 
 SIGNIFICANCE = 0.05  # of the two-sided paired t-test behind every verdict
 
@@ -106,17 +106,24 @@ class Report:
     base_accuracy: float | None  # test accuracy of the unpruned model, when recorded
 
 
+def read_report(location: str | Path) -> dict[str, Any]:
+    """An ``autoprune evaluate`` report: ``location`` is its folder or its ``results.json``; a missing,
+    damaged or foreign file is one clear error."""
+    path = Path(location)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / "results.json"
+    if not path.exists():
+        raise AutopruneError(f"{path} does not exist: run `autoprune evaluate --out {path.parent}` first")
+    report = read_json(path, "report")
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+        raise AutopruneError(f"{path} is not an evaluate report (no rows)")
+    return report
+
+
 def load_report(directory: str | os.PathLike) -> Report:
-    path = Path(directory) / "results.json"
-    if not path.is_file():
-        raise AutopruneError(f"{directory} holds no results.json: pass directories written by `autoprune evaluate`")
-    try:
-        payload = json.loads(path.read_text())
-        rows = payload["rows"]
-    except (ValueError, KeyError, TypeError):
-        raise AutopruneError(f"{path} is not an evaluate report (no rows)") from None
+    payload = read_report(directory)
     base = payload.get("base") or {}
-    return Report(base.get("arch") or Path(directory).name, Path(directory), rows, base.get("test_accuracy"))
+    return Report(base.get("arch") or Path(directory).name, Path(directory), payload["rows"], base.get("test_accuracy"))
 
 
 def _accuracy(row: dict[str, Any]) -> tuple[float, float | None]:

@@ -215,13 +215,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from autoprune.agents.baselines import list_searchers
     from autoprune.agents.common import fingerprint
     from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
-    from autoprune.pruning import check_target
+    from autoprune.agents.report import read_report
     from autoprune.task import PruningSettings
-    from autoprune.utils import check_output_dir, read_json
+    from autoprune.utils import check_output_dir
 
     targets = parse_list(args.targets)
-    for target in targets:  # every target before any work: a bad one must not end a half-done report
-        check_target(target)
     baselines = parse_names(args.baselines, "--baselines", allow_empty=True)  # "": the policy alone
     if not baselines and args.policy is None:
         raise AutopruneError("nothing to evaluate: give --policy DIR, --baselines METHODS, or both")
@@ -230,8 +228,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise AutopruneError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(list_searchers())}")
     if args.policy is None and (args.policy_best_of != 1 or args.transfer):
         raise AutopruneError("--policy-best-of and --transfer apply to a policy: give --policy DIR, or drop them")
-    if args.policy_best_of < 1:
-        raise AutopruneError(f"--policy-best-of must be >= 1, got {args.policy_best_of}")
     check_output_dir(args.out, "report folder")
     if args.finetune_seeds is not None and args.finetune_seeds < 1:
         raise AutopruneError(f"--finetune-seeds must be >= 1, got {args.finetune_seeds}")
@@ -248,9 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     done = []
     previous = Path(args.out) / "results.json"
     if args.resume and previous.exists():
-        saved = read_json(previous, "report")
-        if not isinstance(saved, dict) or not isinstance(saved.get("rows"), list):
-            raise AutopruneError(f"{previous} is not an evaluate report (no rows): write to a new --out")
+        saved = read_report(previous)
         saved_config = saved.get("config", {})
         if isinstance(saved_config.get("settings"), dict):  # a setting added later reads as its default
             saved_config["settings"] = PruningSettings.normalized(saved_config["settings"])

@@ -27,6 +27,7 @@ import torch.nn as nn
 from autoprune.data import BatchLoader, ImageDataset, load_dataset
 from autoprune.deploy.serialize import META_KEY, onnx_bytes
 from autoprune.errors import AutopruneError
+from autoprune.utils import check_readable
 
 INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 
@@ -56,11 +57,7 @@ class ModelFile:
 
 def open_model(path: str | os.PathLike) -> ModelFile:
     """Open an autoprune, TorchScript or ONNX model file."""
-    path = Path(path)
-    if path.is_dir():
-        raise AutopruneError(f"model file {path} is a directory, not a file")
-    if not path.is_file():
-        raise AutopruneError(f"model file {path} does not exist")
+    path = check_readable(path, "model file")
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
