@@ -17,6 +17,12 @@ calibration batches), ``measure`` (what is reported of the predictions: ``accura
     python -m experiments.score_proxies --threads 2
     python -m experiments.score_proxies --proxies bn bn:measure=soft bn:measure=kl --threads 1
     python -m experiments.score_proxies --proxies bn distill:steps=100 distill:steps=400 recon-distill:steps=400 --threads 2
+
+A proxy's scores do not depend on the fine-tunes, so ``--reuse`` takes them from an earlier report of this
+script (made on the same base model, settings and proxy images) and scores only the strategies it lacks:
+score every strategy once while the second seed's fine-tunes run, and report again when they are done.
+
+    python -m experiments.score_proxies --proxies bn distill --reuse docs/results/proxy_scores_resnet20.json
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Config(TaskConfig):
     limit: int = 0  # > 0: only the first N usable strategies of each target (smoke runs)
     threads: int = 2
     name: str = "proxy_scores_resnet20"  # report name
+    reuse: str = ""  # an earlier report of this script: its scores of the same proxies and strategies are kept
     out_dir: str = "docs/results"
 
 
@@ -107,6 +114,26 @@ def seed_agreement(rows: list[dict[str, Any]], seeds: list[str]) -> float | None
     return float(rho) if np.isfinite(rho) else None
 
 
+def reusable(path: str, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The earlier report's scores per proxy spec (``{"scores": {id: score}, "kept": {id: counts},
+    "seconds": s}``); an error when it was made on another base model, settings or proxy images."""
+    if not path:
+        return {}
+    loaded = read_json(path, "proxy scores")
+    results = loaded.get("results") if isinstance(loaded, dict) else None
+    if not isinstance(results, dict) or "identity" not in results or "kept_channels" not in results:
+        raise AutopruneError(f"{path} is not a report of experiments.score_proxies with reusable scores "
+                             "(written before --reuse existed?); score again without --reuse")
+    stored = dict(results["identity"])
+    stored["settings"] = PruningSettings.normalized(stored.get("settings", {}))  # settings added since: defaults
+    if stored != identity:
+        differs = sorted(k for k in identity if stored.get(k) != identity[k])
+        raise AutopruneError(f"{path} was scored with another {', '.join(differs)}; its scores cannot be reused")
+    return {p["proxy"]: {"scores": {i: s[p["proxy"]] for i, s in results["scores"].items() if p["proxy"] in s},
+                         "kept": results["kept_channels"], "seconds": p["seconds_per_strategy"]}
+            for p in results["proxies"]}
+
+
 def main(cfg: Config) -> None:
     from autoprune.agents.common import fingerprint
 
@@ -131,6 +158,8 @@ def main(cfg: Config) -> None:
     base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
     if fingerprint(base.model) != data["base_fingerprint"]:
         raise SystemExit(f"{cfg.data} was made from another base model than {cfg.checkpoint or data['checkpoint']}")
+    identity = {"base model": data["base_fingerprint"], "settings": settings.to_dict()}
+    earlier = reusable(cfg.reuse, identity)
     print(f"{len(rows)} of {len(data['strategies'])} strategies have a fine-tuned seed; scoring them with "
           f"{', '.join(cfg.proxies)}", flush=True)
 
@@ -139,17 +168,26 @@ def main(cfg: Config) -> None:
         proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
         task = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space, scores=base.scores,
                            proxy=proxy)
+        kept = earlier.get(spec, {"scores": {}, "kept": {}, "seconds": 0.0})
+        todo = [r for r in rows if r["id"] not in kept["scores"] or kept["kept"].get(r["id"]) != r["kept_channels"]]
+        for row in rows:
+            if row not in todo:
+                scores[row["id"]][spec] = kept["scores"][row["id"]]
+        if len(todo) < len(rows):
+            print(f"  {spec}: {len(rows) - len(todo)} scores reused from {cfg.reuse}", flush=True)
         t0 = time.perf_counter()
-        for i, row in enumerate(rows, 1):
+        for i, row in enumerate(todo, 1):
             scores[row["id"]][spec] = task.score(np.asarray(row["kept_channels"]) / base.space.channels)
-            if i % 10 == 0 or i == len(rows):
-                print(f"  {spec}: {i}/{len(rows)} strategies ({(time.perf_counter() - t0) / i:.1f} s each)", flush=True)
+            if i % 10 == 0 or i == len(todo):
+                print(f"  {spec}: {i}/{len(todo)} strategies ({(time.perf_counter() - t0) / i:.1f} s each)", flush=True)
+        # the cost of the reused scores is the one measured when they were scored
+        seconds = ((time.perf_counter() - t0 if todo else 0.0) + kept["seconds"] * (len(rows) - len(todo))) / len(rows)
         entry: dict[str, Any] = {
             "proxy": spec, "name": name, "measure": proxy.measure_name, "images": proxy.num_images,
             "steps": proxy.finetune_steps,
             "lr": proxy.finetune_lr if proxy.finetune_steps else None,
             "reconstruct_images": sum(len(b) for b in proxy.reconstruction) if proxy.reconstruction else 0,
-            "seconds_per_strategy": (time.perf_counter() - t0) / len(rows), "per_target": {}}
+            "seconds_per_strategy": seconds, "per_target": {}}
         for target in targets:
             mine = [r for r in rows if r["target"] == target]
             entry["per_target"][f"{target:g}"] = fidelity([scores[r["id"]][spec] for r in mine],
@@ -170,7 +208,8 @@ def main(cfg: Config) -> None:
                                          for t in targets},
                "seed_to_seed_strategies": {f"{t:g}": sum(r["target"] == t and all(s in r["finetuned"] for s in seeds[:2])
                                                          for r in rows) for t in targets},
-               "proxies": proxies, "scores": scores}
+               "proxies": proxies, "scores": scores, "identity": identity,
+               "kept_channels": {r["id"]: r["kept_channels"] for r in rows}}
     write_report(cfg.name, cfg, results, markdown(results), out_dir=cfg.out_dir)
 
 

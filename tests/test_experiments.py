@@ -197,6 +197,25 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
         assert all(0 <= t["picks_best"] <= 1 and t["gap"] >= 0 for t in p["per_target"].values())
         assert all(0 <= report["scores"][r["id"]][p["proxy"]] <= 1 for r in rows)
 
+    # --reuse: the earlier report's scores are kept, only a new proxy is scored
+    from autoprune import AutopruneError
+
+    scored_calls = []
+    real_score = score_proxies.PruningTask.score
+    monkeypatch.setattr(score_proxies.PruningTask, "score",
+                        lambda self, strategy: scored_calls.append(self.settings.proxy) or real_score(self, strategy))
+    again = dataclasses.replace(scored, proxies=["recon-bn", "bn:measure=kl"], name="again",
+                                reuse=str(tmp_path / "scores.json"))
+    score_proxies.main(again)
+    second = json.loads((tmp_path / "again.json").read_text())["results"]
+    assert scored_calls == ["bn"] * len(rows)  # the kl measure only: recon-bn came from the earlier report
+    assert all(second["scores"][i]["recon-bn"] == report["scores"][i]["recon-bn"] for i in report["scores"])
+    assert second["proxies"][0]["seconds_per_strategy"] == report["proxies"][1]["seconds_per_strategy"]
+    with pytest.raises(AutopruneError, match="another settings"):
+        score_proxies.main(dataclasses.replace(again, proxy_images=50))
+    with pytest.raises(AutopruneError, match="not a report of experiments.score_proxies"):
+        score_proxies.main(dataclasses.replace(again, reuse=str(out)))
+
 
 def test_score_proxies_reads_proxy_specs():
     from autoprune import AutopruneError
