@@ -216,6 +216,18 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
     with pytest.raises(AutopruneError, match="not a report of experiments.score_proxies"):
         score_proxies.main(dataclasses.replace(again, reuse=str(out)))
 
+    # what the fine-tune rewards: a ρ per property and target, every group's keep ratio among them
+    from experiments import strategy_features
+
+    strategy_features.main(strategy_features.Config(data=str(out), out_dir=str(tmp_path), name="features"))
+    features = json.loads((tmp_path / "features.json").read_text())["results"]
+    groups = len(rows[0]["kept_channels"])
+    assert len(features["spearman"]) == 5 + groups and features["per_target"] == {"0.3": 3, "0.5": 3, "0.7": 3}
+    assert all(len(v) == len(rows) for v in features["features"].values())
+    assert all(-1 <= r <= 1 for t in features["spearman"].values() for r in t.values() if r is not None)
+    kept = features["features"]["parameters kept"]
+    assert all(0 < v < 1 for v in kept.values())  # every strategy removes channels, hence parameters
+
 
 def test_score_proxies_reads_proxy_specs():
     from autoprune import AutopruneError
@@ -383,6 +395,7 @@ def test_scripts_end_on_a_one_line_error(tmp_path):
             (["merge_reports", str(damaged), "--out", str(tmp_path / "m")], "is not valid JSON"),
             (["score_proxies", "--data", str(tmp_path / "none.json")], "does not exist"),
             (["score_proxies", "--data", str(damaged / "results.json")], "is not valid JSON"),
+            (["strategy_features", "--data", str(tmp_path / "table.json")], "is not a file of experiments.fidelity_data"),
             (["finetune_recipes", "--report", str(tmp_path / "table.json"), "--method", "foo"], "holds no foo row at target")):
         done = subprocess.run([sys.executable, "-m", f"experiments.{args[0]}", *args[1:]], cwd=ROOT, capture_output=True,
                               text=True)
