@@ -18,9 +18,11 @@ calibration batches), ``measure`` (what is reported of the predictions: ``accura
     python -m experiments.score_proxies --proxies bn bn:measure=soft bn:measure=kl --threads 1
     python -m experiments.score_proxies --proxies bn distill:steps=100 distill:steps=400 recon-distill:steps=400 --threads 2
 
-A proxy's scores do not depend on the fine-tunes, so ``--reuse`` takes them from an earlier report of this
-script (made on the same base model, settings and proxy images) and scores only the strategies it lacks:
-score every strategy once while the second seed's fine-tunes run, and report again when they are done.
+A proxy's scores do not depend on the fine-tunes, so ``--reuse`` takes them from earlier reports of this
+script (made on the same base model, settings and proxy images; where several hold a proxy, the last one
+named) and scores only the strategies they lack: score every strategy once while the second seed's
+fine-tunes run, and report again when they are done. A reused proxy's cost is the one measured when its
+scores were made, and its entry names that report.
 
     python -m experiments.score_proxies --proxies bn distill --reuse docs/results/proxy_scores_resnet20.json
 """
@@ -58,7 +60,7 @@ class Config(TaskConfig):
     limit: int = 0  # > 0: only the first N usable strategies of each target (smoke runs)
     threads: int = 2
     name: str = "proxy_scores_resnet20"  # report name
-    reuse: str = ""  # an earlier report of this script: its scores of the same proxies and strategies are kept
+    reuse: list[str] = field(default_factory=list)  # earlier reports of this script: their scores are kept
     out_dir: str = "docs/results"
 
 
@@ -114,11 +116,17 @@ def seed_agreement(rows: list[dict[str, Any]], seeds: list[str]) -> float | None
     return float(rho) if np.isfinite(rho) else None
 
 
-def reusable(path: str, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The earlier report's scores per proxy spec (``{"scores": {id: score}, "kept": {id: counts},
-    "seconds": s}``); an error when it was made on another base model, settings or proxy images."""
-    if not path:
-        return {}
+def reusable(paths: list[str], identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The earlier reports' scores per proxy spec (``{"scores": {id: score}, "kept": {id: counts},
+    "seconds": s, "report": path}``; the last report holding a spec wins); an error when one was made on
+    another base model, settings or proxy images."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        found.update(_reusable(path, identity))
+    return found
+
+
+def _reusable(path: str, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
     loaded = read_json(path, "proxy scores")
     results = loaded.get("results") if isinstance(loaded, dict) else None
     if not isinstance(results, dict) or "identity" not in results or "kept_channels" not in results:
@@ -130,7 +138,7 @@ def reusable(path: str, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
         differs = sorted(k for k in identity if stored.get(k) != identity[k])
         raise AutopruneError(f"{path} was scored with another {', '.join(differs)}; its scores cannot be reused")
     return {p["proxy"]: {"scores": {i: s[p["proxy"]] for i, s in results["scores"].items() if p["proxy"] in s},
-                         "kept": results["kept_channels"], "seconds": p["seconds_per_strategy"]}
+                         "kept": results["kept_channels"], "seconds": p["seconds_per_strategy"], "report": path}
             for p in results["proxies"]}
 
 
@@ -168,13 +176,13 @@ def main(cfg: Config) -> None:
         proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
         task = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space, scores=base.scores,
                            proxy=proxy)
-        kept = earlier.get(spec, {"scores": {}, "kept": {}, "seconds": 0.0})
+        kept = earlier.get(spec, {"scores": {}, "kept": {}, "seconds": 0.0, "report": None})
         todo = [r for r in rows if r["id"] not in kept["scores"] or kept["kept"].get(r["id"]) != r["kept_channels"]]
         for row in rows:
             if row not in todo:
                 scores[row["id"]][spec] = kept["scores"][row["id"]]
         if len(todo) < len(rows):
-            print(f"  {spec}: {len(rows) - len(todo)} scores reused from {cfg.reuse}", flush=True)
+            print(f"  {spec}: {len(rows) - len(todo)} scores reused from {kept['report']}", flush=True)
         t0 = time.perf_counter()
         for i, row in enumerate(todo, 1):
             scores[row["id"]][spec] = task.score(np.asarray(row["kept_channels"]) / base.space.channels)
@@ -187,7 +195,8 @@ def main(cfg: Config) -> None:
             "steps": proxy.finetune_steps,
             "lr": proxy.finetune_lr if proxy.finetune_steps else None,
             "reconstruct_images": sum(len(b) for b in proxy.reconstruction) if proxy.reconstruction else 0,
-            "seconds_per_strategy": seconds, "per_target": {}}
+            "seconds_per_strategy": seconds, "reused": len(rows) - len(todo),
+            "reused_from": kept["report"] if len(todo) < len(rows) else None, "per_target": {}}
         for target in targets:
             mine = [r for r in rows if r["target"] == target]
             entry["per_target"][f"{target:g}"] = fidelity([scores[r["id"]][spec] for r in mine],

@@ -205,16 +205,18 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
     monkeypatch.setattr(score_proxies.PruningTask, "score",
                         lambda self, strategy: scored_calls.append(self.settings.proxy) or real_score(self, strategy))
     again = dataclasses.replace(scored, proxies=["recon-bn", "bn:measure=kl"], name="again",
-                                reuse=str(tmp_path / "scores.json"))
+                                reuse=[str(tmp_path / "partial.json"), str(tmp_path / "scores.json")])
     score_proxies.main(again)
     second = json.loads((tmp_path / "again.json").read_text())["results"]
     assert scored_calls == ["bn"] * len(rows)  # the kl measure only: recon-bn came from the earlier report
     assert all(second["scores"][i]["recon-bn"] == report["scores"][i]["recon-bn"] for i in report["scores"])
     assert second["proxies"][0]["seconds_per_strategy"] == report["proxies"][1]["seconds_per_strategy"]
+    assert second["proxies"][0]["reused_from"] == str(tmp_path / "scores.json") and second["proxies"][0]["reused"] == len(rows)
+    assert second["proxies"][1]["reused_from"] is None and second["proxies"][1]["reused"] == 0
     with pytest.raises(AutopruneError, match="another settings"):
         score_proxies.main(dataclasses.replace(again, proxy_images=50))
     with pytest.raises(AutopruneError, match="not a report of experiments.score_proxies"):
-        score_proxies.main(dataclasses.replace(again, reuse=str(out)))
+        score_proxies.main(dataclasses.replace(again, reuse=[str(out)]))
 
     # what the fine-tune rewards: a ρ per property and target, every group's keep ratio among them
     from experiments import strategy_features
