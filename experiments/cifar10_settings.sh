@@ -6,7 +6,7 @@ DEVICE=${DEVICE:-cpu}        # cuda: train and fine-tune on a GPU
 THREADS=${THREADS:-2}        # torch threads
 WORKERS=${WORKERS:-1}        # N Ray workers of one thread each run a search's episodes and evaluate's fine-tunes
 EPISODES=${EPISODES:-400}    # a search's episodes (and AMC's per target)
-PROXY=${PROXY:-1000}         # validation images of the accuracy proxy
+PROXY=${PROXY:-}             # validation images of the accuracy proxy; empty: all of them (the default)
 SEEDS=${SEEDS:-2}            # paired fine-tune seeds per row
 TARGETS=${TARGETS:-0.3,0.42,0.5,0.63,0.7}
 RANGE=${RANGE:-0.25:0.75}    # a search's target range
@@ -21,7 +21,7 @@ resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
 # resumes an interrupted one, skips a finished one
 conditional_search() {
     local out=$1; shift
-    local cmd=(ap search "$@" --data-dir "$DATA" --targets "$RANGE" --proxy-images "$PROXY" --observation transferable
+    local cmd=(ap search "$@" --data-dir "$DATA" --targets "$RANGE" ${PROXY:+--proxy-images "$PROXY"} --observation transferable
                --workers "$WORKERS" --seed 0 --out "$out" --no-progress)
     if [ -f "$out/resume/state.json" ]; then "${cmd[@]}" --resume; elif [ ! -f "$out/policy.json" ]; then "${cmd[@]}"; fi
 }

@@ -41,7 +41,7 @@ conditional_search "$POLICY" --checkpoint "$CKPT" --episodes "$EPISODES"
 ap evaluate --policy "$POLICY" --checkpoint "$CKPT" --data-dir "$DATA" --targets "$TARGETS" \
     --baselines uniform,global,tp-global --policy-best-of 8 "${FT[@]}" --out "$REPORT/runs/policy" \
     $(resumable "$REPORT/runs/policy")
-ap evaluate --checkpoint "$CKPT" --data-dir "$DATA" --proxy-images "$PROXY" \
+ap evaluate --checkpoint "$CKPT" --data-dir "$DATA" ${PROXY:+--proxy-images "$PROXY"} \
     --targets "$AMC_TARGETS" --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" --out "$REPORT/runs/amc" \
     $(resumable "$REPORT/runs/amc")
 $PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"

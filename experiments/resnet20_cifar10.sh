@@ -7,18 +7,20 @@
 # fine-tune, shows how much one search's result depends on its seed; experiments.policy_vs_baselines
 # sets both search seeds against every baseline, target by target, with paired seeds. Every step
 # resumes where it stopped when the script is run again; a run under other settings (targets, recipe,
-# proxy) starts afresh: `rm -r policies/resnet20-cifar10 policies/resnet20-cifar10-seed1
-# docs/results/resnet20-cifar10` first, or point POLICY, POLICY_SEED1 and REPORT elsewhere.
+# proxy) starts afresh: remove POLICY, POLICY_SEED1 and REPORT first, or point them elsewhere.
+# The second run (v2: the proxy on all 5,000 validation images, the default since the fidelity
+# benchmark of issue #13, fp32, six targets) writes beside the first (policies/resnet20-cifar10 and
+# docs/results/resnet20-cifar10: `git checkout 23676e0 && bash experiments/resnet20_cifar10.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${CKPT:-checkpoints/resnet20-cifar10.pt}
 DATA=${DATA:-../shared/data/cifar10}
 EPISODES=${EPISODES:-400}
-PROXY=${PROXY:-1000}
+PROXY=${PROXY:-}  # validation images of the accuracy proxy; empty: all 5,000 (the default; the first run: 1000)
 RANGE=${RANGE:-0.2:0.75}  # the search's target range: covers every evaluated target with a margin
-POLICY=${POLICY:-policies/resnet20-cifar10}
-POLICY_SEED1=${POLICY_SEED1:-policies/resnet20-cifar10-seed1}
-REPORT=${REPORT:-docs/results/resnet20-cifar10}
+POLICY=${POLICY:-policies/resnet20-cifar10-v2}
+POLICY_SEED1=${POLICY_SEED1:-policies/resnet20-cifar10-v2-seed1}
+REPORT=${REPORT:-docs/results/resnet20-cifar10-v2}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
 TARGETS=${TARGETS:-0.25,0.3,0.42,0.5,0.63,0.7}
@@ -29,7 +31,7 @@ resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
 
 search() {  # search SEED OUT
     local cmd=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets "$RANGE" --episodes "$EPISODES"
-               --proxy-images "$PROXY" --seed "$1" --out "$2" --no-progress)
+               ${PROXY:+--proxy-images "$PROXY"} --seed "$1" --out "$2" --no-progress)
     if [ -f "$2/resume/state.json" ]; then
         "${cmd[@]}" --resume          # continue an interrupted search
     elif [ ! -f "$2/policy.json" ]; then
@@ -51,7 +53,7 @@ policy_run() {
 }
 
 amc_run() {
-    $AP --threads 1 evaluate --checkpoint "$CKPT" --data-dir "$DATA" --proxy-images "$PROXY" \
+    $AP --threads 1 evaluate --checkpoint "$CKPT" --data-dir "$DATA" ${PROXY:+--proxy-images "$PROXY"} \
         --targets 0.3,0.5,0.7 --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" \
         --out "$REPORT/runs/amc" $(resumable "$REPORT/runs/amc")
 }
