@@ -82,6 +82,20 @@ def write_report(name: str, config: Any, results: dict[str, Any], markdown: str,
     print(markdown)
 
 
+def spearman(x: Any, y: Any) -> float | None:
+    """Spearman's ρ of two sequences; None where it is undefined (fewer than 3 items, or a constant input)."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    if len(x) < 3:
+        return None
+    with warnings.catch_warnings():  # scipy warns on a constant input, whose ρ is nan
+        warnings.simplefilter("ignore")
+        value = float(spearmanr(x, y).statistic)
+    return value if np.isfinite(value) else None
+
+
 def report_row(rows: list[dict[str, Any]], method: str, target: float, source: str | Path) -> dict[str, Any]:
     """The row of ``method`` at ``target``, or one clear error that lists what the report holds."""
     for row in rows:

@@ -24,9 +24,7 @@ can be scored on it long before the second seed is done. ``experiments.score_pro
 from __future__ import annotations
 
 import copy
-import json
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoprune.errors import AutopruneError
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from autoprune.utils import hms
-from experiments.common import TaskConfig, run_script, save_report, smoke_splits
+from autoprune.utils import hms, read_json
+from experiments.common import TaskConfig, run_script, save_report, smoke_splits, spearman
 
 FORMAT = "autoprune.fidelity/1"
 GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "rollout_noise", "search_episodes",
@@ -163,8 +162,6 @@ def save(path: Path, cfg: Config, results: dict[str, Any]) -> None:
 def summary(results: dict[str, Any]) -> str:
     """A short Markdown summary: strategies and fine-tunes per target, the spread of fine-tuned accuracy,
     and how well two fine-tune seeds agree (the noise floor of any proxy's fidelity)."""
-    from scipy.stats import spearmanr
-
     rows, seeds = results["strategies"], [str(s) for s in results["seeds"]]
     lines = [f"Fine-tuned test accuracy (%) of competitive {results['arch']} strategies (`{results['checkpoint']}`), "
              f"seeds {', '.join(seeds)}, recipe {results['finetune']['recipe']['epochs']} epoch(s) as `evaluate`", "",
@@ -183,21 +180,34 @@ def summary(results: dict[str, Any]) -> str:
         rho, diff = "–", "–"
         if len(seeds) > 1 and len(full) >= 3:
             a, b = ([r["finetuned"][s] for r in full] for s in seeds[:2])
-            with warnings.catch_warnings():  # constant accuracies have no ρ
-                warnings.simplefilter("ignore")
-                value = spearmanr(a, b).statistic
-            rho = f"{value:.2f}" if np.isfinite(value) else "–"
+            value = spearman(a, b)
+            rho = "–" if value is None else f"{value:.2f}"
             diff = f"{np.mean(np.abs(np.subtract(a, b))):.2f}"
         lines.append(f"| {target:.2f} | {len(mine)} | {len(full)} | "
                      f"{', '.join(f'{k} {v}' for k, v in sources.items())} | {spread} | {rho} | {diff} |")
     return "\n".join(lines)
 
 
+def read_yardstick(path: str | Path) -> dict[str, Any]:
+    """The results of a file written by this script, or one clear error."""
+    loaded = read_json(path, "fidelity data")
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("results"), dict) or "strategies" not in loaded["results"]:
+        raise AutopruneError(f"{path} is not a file of experiments.fidelity_data (no strategies)")
+    return loaded["results"]
+
+
+def seed_means(rows: list[dict[str, Any]], seeds: list[Any]) -> tuple[list[str], dict[str, float]]:
+    """The seeds every one of ``rows`` has been fine-tuned with, and each row's mean accuracy over them: a
+    file part-way through a seed is measured on the seeds before it, so that every mean is over the same."""
+    common = [str(s) for s in seeds if all(str(s) in r["finetuned"] for r in rows)]
+    return common, ({r["id"]: float(np.mean([r["finetuned"][s] for s in common])) for r in rows} if common else {})
+
+
 def load(path: Path, cfg: Config) -> dict[str, Any] | None:
     """The results of an existing file to continue, or None to start afresh."""
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())["results"]
+    results = read_yardstick(path)
     if cfg.resume:
         return results
     if any(r["finetuned"] for r in results.get("strategies", [])) and not cfg.overwrite:

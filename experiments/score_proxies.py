@@ -30,20 +30,19 @@ scores were made, and its entry names that report.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.task.proxy import PROXIES
 from autoprune.task.task import make_proxy
 from autoprune.utils import read_json
-from experiments.common import TaskConfig, run_script, write_report
+from experiments.common import TaskConfig, run_script, spearman, write_report
+from experiments.fidelity_data import read_yardstick, seed_means
 
 # spec option -> (AccuracyProxy argument, type)
 OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "images": ("num_images", int),
@@ -95,12 +94,10 @@ def usable(strategies: list[dict[str, Any]], limit: int = 0) -> list[dict[str, A
 def fidelity(scores: list[float], tuned: list[float], ids: list[str]) -> dict[str, Any]:
     """Spearman ρ, whether the proxy's pick is the fine-tune's best, and the accuracy gap to the best."""
     scores_a, tuned_a = np.asarray(scores, float), np.asarray(tuned, float)
-    with warnings.catch_warnings():  # a constant input (e.g. tied proxy scores) has no ρ: None below
-        warnings.simplefilter("ignore")
-        rho = float(spearmanr(scores_a, tuned_a).statistic) if len(scores) >= 3 else float("nan")
+    rho = spearman(scores_a, tuned_a)  # None for tied proxy scores
     top = np.flatnonzero(scores_a == scores_a.max())  # the proxy's pick, ties included
     best = float(tuned_a.max())
-    return {"strategies": len(scores), "spearman": rho if np.isfinite(rho) else None,
+    return {"strategies": len(scores), "spearman": rho,
             "picks_best": float(np.mean(tuned_a[top] >= best - 1e-9)), "gap": float(best - tuned_a[top].mean()),
             "pick": [ids[i] for i in top], "best": ids[int(np.argmax(tuned_a))]}
 
@@ -108,12 +105,9 @@ def fidelity(scores: list[float], tuned: list[float], ids: list[str]) -> dict[st
 def seed_agreement(rows: list[dict[str, Any]], seeds: list[str]) -> float | None:
     """Spearman ρ between the fine-tuned accuracies of the first two seeds: the ceiling of any proxy's ρ."""
     full = [r for r in rows if all(s in r["finetuned"] for s in seeds[:2])]
-    if len(seeds) < 2 or len(full) < 3:
+    if len(seeds) < 2:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = spearmanr([r["finetuned"][seeds[0]] for r in full], [r["finetuned"][seeds[1]] for r in full]).statistic
-    return float(rho) if np.isfinite(rho) else None
+    return spearman([r["finetuned"][seeds[0]] for r in full], [r["finetuned"][seeds[1]] for r in full])
 
 
 def reusable(paths: list[str], identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -146,21 +140,15 @@ def main(cfg: Config) -> None:
     from autoprune.agents.common import fingerprint
 
     torch.set_num_threads(cfg.threads)
-    loaded = read_json(cfg.data, "fidelity data")
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("results"), dict) or "strategies" not in loaded["results"]:
-        raise AutopruneError(f"{cfg.data} is not a file of experiments.fidelity_data (no strategies)")
-    data = loaded["results"]
+    data = read_yardstick(cfg.data)
     specs = [(spec, *parse_spec(spec)) for spec in cfg.proxies]
     rows = usable(data["strategies"], cfg.limit)
     if not rows:
         raise SystemExit(f"{cfg.data} holds no fine-tuned strategy yet")
     seeds = [str(s) for s in data["seeds"]]
-    # the seeds every usable strategy has: a file part-way through its second seed is scored on the first
-    # alone, so that every strategy's fine-tuned accuracy is a mean over the same seeds
-    common = [s for s in seeds if all(s in r["finetuned"] for r in rows)]
+    common, tuned = seed_means(rows, seeds)
     if not common:
         raise SystemExit(f"{cfg.data}: no fine-tune seed is done for every strategy yet; use --limit or wait")
-    tuned = {r["id"]: float(np.mean([r["finetuned"][s] for s in common])) for r in rows}
     targets = [t for t in data["targets"] if any(r["target"] == t for r in rows)]
     settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
     base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
@@ -177,10 +165,12 @@ def main(cfg: Config) -> None:
         task = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space, scores=base.scores,
                            proxy=proxy)
         kept = earlier.get(spec, {"scores": {}, "kept": {}, "seconds": 0.0, "report": None})
-        todo = [r for r in rows if r["id"] not in kept["scores"] or kept["kept"].get(r["id"]) != r["kept_channels"]]
-        for row in rows:
-            if row not in todo:
+        todo = []
+        for row in rows:  # a kept score counts only for the same strategy
+            if row["id"] in kept["scores"] and kept["kept"].get(row["id"]) == row["kept_channels"]:
                 scores[row["id"]][spec] = kept["scores"][row["id"]]
+            else:
+                todo.append(row)
         if len(todo) < len(rows):
             print(f"  {spec}: {len(rows) - len(todo)} scores reused from {kept['report']}", flush=True)
         t0 = time.perf_counter()

@@ -11,19 +11,17 @@ target. No model is scored; the base model is read only to know the groups and c
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from autoprune.checkpoint import load_model
-from autoprune.errors import AutopruneError
+from autoprune.pruning import count_params
 from autoprune.pruning.space import PruningSpace
-from autoprune.utils import read_json
-from experiments.common import run_script, write_report
+from experiments.common import run_script, spearman, write_report
+from experiments.fidelity_data import read_yardstick, seed_means
 
 
 @dataclass
@@ -34,33 +32,23 @@ class Config:
     out_dir: str = "docs/results"
 
 
-def rho(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float | None:
-    with warnings.catch_warnings():  # a constant feature has no ρ
-        warnings.simplefilter("ignore")
-        value = float(spearmanr(x, y).statistic) if len(x) >= 3 else float("nan")
-    return value if np.isfinite(value) else None
-
-
 def main(cfg: Config) -> None:
     torch.set_num_threads(1)
-    loaded = read_json(cfg.data, "fidelity data")
-    if not isinstance(loaded, dict) or "strategies" not in (loaded.get("results") or {}):
-        raise AutopruneError(f"{cfg.data} is not a file of experiments.fidelity_data (no strategies)")
-    data = loaded["results"]
+    data = read_yardstick(cfg.data)
     rows = [r for r in data["strategies"] if r.get("finetuned")]
-    common = [str(s) for s in data["seeds"] if all(str(s) in r["finetuned"] for r in rows)]
+    common, tuned = seed_means(rows, data["seeds"])
     if not rows or not common:
         raise SystemExit(f"{cfg.data}: no fine-tune seed is done for every strategy yet")
     model, payload = load_model(cfg.checkpoint or data["checkpoint"])
     space = PruningSpace(model, torch.zeros(1, *payload["meta"]["input_shape"]))
-    dense_params = sum(p.numel() for p in model.parameters())
+    dense_params = count_params(model)
 
     features: dict[str, dict[str, float]] = {}  # feature -> strategy id -> value
     for r in rows:
         keep = np.asarray(r["kept_channels"]) / space.channels
         pruned = space.apply(keep, data["settings"]["criterion"])
         values = {"test accuracy before fine-tuning": r["test_accuracy"],
-                  "parameters kept": sum(p.numel() for p in pruned.parameters()) / dense_params,
+                  "parameters kept": count_params(pruned) / dense_params,
                   "FLOPs ratio": r["flops_ratio"], "smallest keep ratio": float(keep.min()),
                   "spread of keep ratios (std)": float(keep.std())}
         values.update({f"keep ratio of group {g.index} ({g.root}, {g.channels} ch., {g.flops / space.dense_flops:.0%} "
@@ -68,9 +56,8 @@ def main(cfg: Config) -> None:
         for name, value in values.items():
             features.setdefault(name, {})[r["id"]] = float(value)
 
-    tuned = {r["id"]: float(np.mean([r["finetuned"][s] for s in common])) for r in rows}
     targets = [t for t in data["targets"] if any(r["target"] == t for r in rows)]
-    table = {name: {f"{t:g}": rho([values[r["id"]] for r in rows if r["target"] == t],
+    table = {name: {f"{t:g}": spearman([values[r["id"]] for r in rows if r["target"] == t],
                                   [tuned[r["id"]] for r in rows if r["target"] == t]) for t in targets}
              for name, values in features.items()}
     counts = {f"{t:g}": sum(r["target"] == t for r in rows) for t in targets}
