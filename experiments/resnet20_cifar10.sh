@@ -24,6 +24,7 @@ REPORT=${REPORT:-docs/results/resnet20-cifar10-v2}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
 TARGETS=${TARGETS:-0.25,0.3,0.42,0.5,0.63,0.7}
+STEPS=${STEPS:-policy amc}  # which of the two processes to run; the reports are merged once both are done
 SEEDS=${SEEDS:-3}  # every fine-tune is repeated with this many seeds: mean ± std per row
 FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" ${PRECISION:+--precision "$PRECISION"} --seed 0)
 
@@ -59,10 +60,18 @@ amc_run() {
 }
 
 mkdir -p logs
-policy_run > logs/resnet20-policy.log 2>&1 & policy_pid=$!
-amc_run > logs/resnet20-amc.log 2>&1 & amc_pid=$!
-wait $policy_pid || { echo "policy run failed: see logs/resnet20-policy.log" >&2; exit 1; }
-wait $amc_pid || { echo "AMC run failed: see logs/resnet20-amc.log" >&2; exit 1; }
+pids=()
+for step in $STEPS; do
+    case $step in
+        policy|amc) "${step}_run" > "logs/resnet20-$step.log" 2>&1 & pids+=("$step:$!") ;;
+        *) echo "unknown step '$step' in STEPS: use policy, amc or both" >&2; exit 2 ;;
+    esac
+done
+for entry in "${pids[@]}"; do
+    wait "${entry#*:}" || { echo "${entry%%:*} run failed: see logs/resnet20-${entry%%:*}.log" >&2; exit 1; }
+done
+[ "${#pids[@]}" -eq 2 ] || {  # a finished step returns at once when run again, so both steps merge
+    echo "not merged: run the script with both steps (the default STEPS) to finish" >&2; exit 0; }
 $PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" --out "$REPORT"
 $PY -m experiments.policy_vs_baselines --reports "$REPORT/runs/policy" "$REPORT/runs/amc" \
     --policy "search seed 1=$REPORT/search-seed1" --out-dir "$REPORT" --name policy_vs_baselines

@@ -111,6 +111,10 @@ def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
     sigma = json.loads((tmp_path / "resume" / "state.json").read_text())["noise_sigma"]
     assert sigma == pytest.approx([0.5 * 0.99 ** 8])  # the decay went on from where it stopped
     assert len(list(csv.DictReader(open(tmp_path / "progress.csv")))) == 10
+    files = {f: (tmp_path / f).read_bytes() for f in ("policy.json", "policy.pt", "importance.pt")}
+    again = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)  # a finished search, resumed
+    assert {f: (tmp_path / f).read_bytes() for f in files} == files
+    np.testing.assert_array_equal(again.strategy(0.5), policy.strategy(0.5))
 
 
 @pytest.mark.parametrize("agent", list_agents())

@@ -354,6 +354,7 @@ def search(
     finally:
         if config.parallel:
             env.close()
-    save(monitor)
+    if remaining > 0 or not (out / "policy.json").exists():
+        save(monitor)  # resuming a finished search leaves its committed files byte for byte as they were
     policy_meta = json.loads((out / "policy.json").read_text())
     return ConditionalPolicy(agent.policy, policy_meta, space, scores=first.scores, base_scores=[t.scores for t in tasks])
