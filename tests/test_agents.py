@@ -274,7 +274,9 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
     common = ["evaluate", "--checkpoint", str(base), "--proxy-images", "100"]
     uniform = [*common, "--targets", "0.4,0.6", "--baselines", "uniform", "--out", str(tmp_path / "a")]
     assert main(uniform) == 0
-    assert main([*uniform, "--resume"]) == 0  # nothing left to compute: the rows are kept
+    written = {f.name: f.read_bytes() for f in (tmp_path / "a").iterdir()}
+    assert main([*uniform, "--resume"]) == 0  # nothing left to compute: the report stays byte for byte
+    assert {f.name: f.read_bytes() for f in (tmp_path / "a").iterdir()} == written
     assert len(json.loads((tmp_path / "a" / "results.json").read_text())["rows"]) == 2
     report = json.loads((tmp_path / "a" / "results.json").read_text())
     del report["config"]["settings"]["proxy_measure"]  # written before the setting existed

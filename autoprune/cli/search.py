@@ -259,8 +259,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done,
                             on_row=lambda rows: write_report(rows, args.out, config, base), workers=args.workers,
                             address=args.address)
-    write_report(rows, args.out, config, base)
     print(markdown_table(rows))
+    if done and len(rows) == len(done):  # a finished report resumed: its files (and date) stay as they are
+        print(f"nothing left to compute: {args.out} is unchanged")
+        return
+    write_report(rows, args.out, config, base)
     print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")
 
 
