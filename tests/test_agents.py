@@ -167,6 +167,55 @@ def test_evaluate_writes_the_report(policy_dir, task, tmp_path):
     assert 0 <= second["query_seconds"] == second["search_seconds"] < policy.meta["search_seconds"]
 
 
+def test_evaluate_interrupted_during_fine_tunes_resumes_without_a_search_or_fine_tune_twice(policy_dir, task, monkeypatch):
+    import autoprune.agents.evaluate as ev
+
+    out, ckpt = policy_dir
+    policy = load_policy(out, checkpoint=ckpt)
+    real_tune, real_create = ev.finetuned_test_accuracy, ev.create_searcher
+    calls = {"tune": 0, "search": 0, "stop_at": None}
+
+    def tune(job, **kwargs):
+        calls["tune"] += 1
+        if calls["tune"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return real_tune(job, **kwargs)
+
+    def create(name):
+        searcher = real_create(name)
+        search_once = searcher.search
+
+        def counted(*args, **kwargs):
+            calls["search"] += 1
+            return search_once(*args, **kwargs)
+
+        searcher.search = counted
+        return searcher
+
+    monkeypatch.setattr(ev, "finetuned_test_accuracy", tune)
+    monkeypatch.setattr(ev, "create_searcher", create)
+    saved = {}
+
+    def save(rows, started):  # as the CLI does: through JSON
+        saved.update(json.loads(json.dumps({"rows": rows, "started": started})))
+
+    run = dict(targets=[0.4, 0.63], policy=policy, baselines=["uniform", "random"], baseline_episodes=3,
+               recipe=ONE_EPOCH, finetune_seeds=2, log=lambda s: None)
+    reference = evaluate_methods(task, **run)
+    assert calls == {"tune": 12, "search": 4, "stop_at": None}
+    calls.update(tune=0, search=0, stop_at=9)  # the 3rd of target 0.63's 6 fine-tunes is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_methods(task, **run, on_save=save)
+    assert len(saved["rows"]) == 3 and len(saved["started"]) == 3
+    assert sum(len(r["seed_accuracies"]) for r in saved["started"]) == 2
+    calls.update(tune=0, search=0, stop_at=None)
+    rows = evaluate_methods(task, **run, done=saved["rows"], started=saved["started"], on_save=save)
+    assert calls["tune"] == 4 and calls["search"] == 0  # the rest only: no baseline searched again
+    assert saved["started"] == [] and len(saved["rows"]) == 6
+    same = ("method", "target", "strategy", "kept_channels", "search_episodes", "test_accuracy", "finetuned_test_accuracies")
+    assert [{k: r[k] for k in same} for r in rows] == [{k: r[k] for k in same} for r in reference]
+
+
 def test_report_charges_the_policy_one_search_plus_its_queries():
     def row(method, target, seconds, **extra):
         return {"method": method, "target": target, "achieved_flops_ratio": target, "params": 1, "proxy_accuracy": 0.5,

@@ -159,10 +159,15 @@ def test_parallel_map_matches_serial_order(local_ray):
     # runs before the shared `venv` exists: its two workers then hold both CPUs of the local instance
     items = [1, 2, 3, 4, 5, 30]
     serial = [_job(x)[0] for x in items]
-    results = parallel_map(_job, items, workers=2, threads_per_task=1)
+    finished = []
+    results = parallel_map(_job, items, workers=2, threads_per_task=1,
+                           on_result=lambda index, result: finished.append((index, result)))
     assert [value for value, _ in results] == serial
     assert {threads for _, threads in results} == {1}
-    assert parallel_map(str, items, workers=1) == [str(x) for x in items]  # in process, no Ray
+    assert sorted(finished) == list(enumerate(results))  # each result reported once, as it finished
+    finished.clear()
+    assert parallel_map(str, items, workers=1, on_result=lambda *job: finished.append(job)) == [str(x) for x in items]
+    assert finished == [(i, str(x)) for i, x in enumerate(items)]  # in process, no Ray
     assert parallel_map(str, [], workers=2) == []
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ def evaluate_methods(
     finetune_seeds: int = 1,
     log: Callable[[str], None] = print,
     done: Sequence[dict[str, Any]] = (),
-    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    started: Sequence[dict[str, Any]] = (),
+    on_save: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
     workers: int = 1,
     address: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -64,8 +66,10 @@ def evaluate_methods(
     ``finetune_seeds`` > 1 fine-tunes each pruned model that many times (seeds ``seed``, ``seed + 1``, ...):
     ``finetuned_test_accuracy`` is then the mean, ``finetuned_test_accuracy_std`` the sample standard
     deviation and ``finetuned_test_accuracies`` the single runs.
-    ``done`` holds rows from an earlier, interrupted run (they are kept, not recomputed);
-    ``on_row(rows)`` is called after every new row, e.g. to save progress.
+    ``done`` holds rows from an earlier, interrupted run (they are kept, not recomputed), ``started``
+    its rows whose fine-tunes were not all finished: their strategy, search cost and finished seeds
+    are kept, so neither a search nor a fine-tune is run twice. ``on_save(rows, started)`` is called
+    after every finished fine-tune and every new row, e.g. to save progress.
     ``workers`` > 1 (or a Ray cluster ``address``) runs the fine-tunes of each target's rows in parallel
     on Ray, one thread each; the rows equal a serial run's with one torch thread.
     """
@@ -111,36 +115,88 @@ def evaluate_methods(
         methods.append((name, run))
     tune = partial(finetuned_test_accuracy, splits=splits, recipe=recipe, teacher=task.model)
     seeds = list(range(seed, seed + finetune_seeds))
+    earlier = {(r["method"], round(r["target"], 6)): r for r in started}
+
+    def save(pending: Sequence[_Started] = ()) -> None:
+        if on_save is not None:
+            now = {(r["method"], round(r["target"], 6)) for r in [*rows, *(p.row for p in pending)]}
+            kept = [r for key, r in earlier.items() if key not in now]  # other targets' unfinished rows stay
+            on_save(rows, [*kept, *(p.record() for p in pending)])
+
     for target in targets:
-        pending: list[tuple[dict[str, Any], nn.Module]] = []
+        pending: list[_Started] = []
         for name, find in methods:
-            if (name, round(float(target), 6)) in finished:
+            key = (name, round(float(target), 6))
+            if key in finished:
                 continue
-            found = find(target)
-            strategy, episodes, seconds = found.strategy, found.episodes, found.seconds
-            proxy = task.score(strategy) if found.model is None else found.proxy_accuracy
+            before = earlier.get(key)
+            if before is not None and before.get("rebuild"):  # the strategy is known: no search again
+                strategy = np.asarray(before["exact_strategy"], dtype=float)
+                found = SearchResult(strategy, before["proxy_accuracy"], before["search_episodes"], before["search_seconds"])
+            else:
+                found = find(target)
+            strategy = found.strategy
             pruned = found.pruned(task)
             recalibrate_bn(pruned, calib)
             row = {"method": name, "target": float(target), "achieved_flops_ratio": space.flops_ratio(strategy),
-                   "params": count_params(pruned), "proxy_accuracy": proxy,
+                   "params": count_params(pruned),
+                   "proxy_accuracy": task.score(strategy) if found.model is None else found.proxy_accuracy,
                    "test_accuracy": evaluate(pruned, splits.test), "finetuned_test_accuracy": None,
-                   "search_episodes": episodes, "search_seconds": round(seconds, 2), "strategy": np.round(strategy, 4).tolist(),
+                   "search_episodes": found.episodes, "search_seconds": round(found.seconds, 2),
+                   "strategy": np.round(strategy, 4).tolist(),
                    "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be
             if name == "policy":  # the share of this target's query (best-of-K) in the search cost
-                row["query_seconds"] = round(query_seconds[round(float(target), 6)], 2)
-            pending.append((row, pruned))
+                row["query_seconds"] = (before["query_seconds"] if before is not None and before.get("rebuild")
+                                        else round(query_seconds[key[1]], 2))
+            tuned: dict[int, float] = {}
+            if before is not None and before["kept_channels"] == row["kept_channels"]:  # the same pruned model
+                tuned = {int(s): a for s, a in before["seed_accuracies"].items() if int(s) in seeds}
+            pending.append(_Started(row, pruned, strategy, found.model is None, tuned))
         if recipe is not None and pending:  # every fine-tune of this target, in parallel where workers allow
-            accuracies = parallel_map(tune, [(pruned, s) for _, pruned in pending for s in seeds], workers, address)
-            for k, (row, _) in enumerate(pending):
-                row.update(summarize(accuracies[k * len(seeds):(k + 1) * len(seeds)]))
-        for row, _ in pending:
+            _finetune_all(pending, seeds, tune, workers, address, save, log)
+        for k, p in enumerate(pending):
+            row = p.row
             rows.append(row)
-            if on_row is not None:
-                on_row(rows)
+            save(pending[k + 1:])
             log(f"{row['method']:>12} target {target:.2f}: FLOPs {row['achieved_flops_ratio']:.3f}  "
                 f"proxy {row['proxy_accuracy']:.3f}  test {row['test_accuracy']:.2f}%"
                 + (f"  fine-tuned {_finetuned(row)}%" if recipe is not None else ""))
     return rows
+
+
+@dataclass
+class _Started:
+    """A row whose fine-tunes are under way: what resuming it needs (``record``)."""
+
+    row: dict[str, Any]
+    pruned: nn.Module
+    strategy: np.ndarray
+    rebuild: bool  # the pruned model is the task's criterion applied to the strategy (not the method's own)
+    tuned: dict[int, float]  # fine-tune seed -> test accuracy, for the seeds already finished
+
+    def record(self) -> dict[str, Any]:
+        return {**self.row, "exact_strategy": self.strategy.tolist(), "rebuild": self.rebuild,
+                "seed_accuracies": {str(s): a for s, a in sorted(self.tuned.items())}}
+
+
+def _finetune_all(pending: list[_Started], seeds: list[int], tune: Callable[[tuple[nn.Module, int]], float],
+                  workers: int, address: str | None, save: Callable[[Sequence[_Started]], None],
+                  log: Callable[[str], None]) -> None:
+    """The fine-tunes of one target's rows not finished yet, saved and logged one by one as they end;
+    then each row's summary over ``seeds``."""
+    jobs = [(p, s) for p in pending for s in seeds if s not in p.tuned]
+    total = len(pending) * len(seeds)
+
+    def finished(index: int, accuracy: float) -> None:
+        p, s = jobs[index]
+        p.tuned[s] = accuracy
+        save(pending)
+        log(f"{p.row['method']:>12} target {p.row['target']:.2f} seed {s}: fine-tuned {accuracy:.2f}% "
+            f"({sum(len(q.tuned) for q in pending)} of {total} fine-tunes at this target)")
+
+    parallel_map(tune, [(p.pruned, s) for p, s in jobs], workers, address, on_result=finished)
+    for p in pending:
+        p.row.update(summarize([p.tuned[s] for s in seeds]))
 
 
 def _finetuned(row: dict[str, Any]) -> str:
@@ -215,13 +271,14 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, config: dict[str, Any],
-                 base: dict[str, Any] | None = None) -> None:
-    """``results.json`` (config, versions, ``base``: the unpruned model's architecture and accuracy, rows),
+                 base: dict[str, Any] | None = None, started: Sequence[dict[str, Any]] = ()) -> None:
+    """``results.json`` (config, versions, ``base``: the unpruned model's architecture and accuracy, rows,
+    and while fine-tunes are under way ``started``: the rows ``evaluate_methods`` resumes from),
     ``results.csv``, ``results.md`` and ``pareto.png`` in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"config": config, "base": base or {}, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "rows": rows}
+               "rows": rows, **({"started": list(started)} if started else {})}
     write_text_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, "strategy", "kept_channels"], extrasaction="ignore")

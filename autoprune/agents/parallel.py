@@ -394,21 +394,27 @@ def _run_task(fn: Callable[[T], R], item: T, threads: int) -> R:
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, address: str | None = None,
-                 threads_per_task: int = 1) -> list[R]:
+                 threads_per_task: int = 1, on_result: Callable[[int, R], None] | None = None) -> list[R]:
     """``[fn(x) for x in items]`` with up to ``workers`` jobs at a time as Ray tasks, results in input order.
 
     Each task reserves ``threads_per_task`` CPUs and runs torch with that many threads; ``fn`` is sent
     to the cluster once. A task whose worker process dies is retried (up to twice). With one worker
     and no ``address`` the jobs run here, one after the other, without Ray. An exception in ``fn``
-    is raised here.
+    is raised here. ``on_result(index, result)`` is called here as each job finishes, in the order
+    they finish (e.g. to save long work as it goes).
     """
+    report = on_result or (lambda index, result: None)
     items = list(items)
     if workers < 1:
         raise AutopruneError(f"workers must be >= 1, got {workers}")
     if threads_per_task < 1:
         raise AutopruneError(f"threads_per_task must be >= 1, got {threads_per_task}")
     if workers == 1 and address is None:
-        return [fn(item) for item in items]
+        results_here = []
+        for index, item in enumerate(items):
+            results_here.append(fn(item))
+            report(index, results_here[-1])
+        return results_here
     connect(workers, address, threads_per_task)
     _require_cpus(threads_per_task, "one task")
     import ray
@@ -426,6 +432,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, address
         done, _ = ray.wait(list(running), num_returns=1)
         index = running.pop(done[0])
         results[index] = ray.get(done[0])
+        report(index, results[index])
         for next_index, item in queue:
             running[task.remote(fn_ref, item, threads_per_task)] = next_index
             break

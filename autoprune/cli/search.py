@@ -241,7 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     config["settings"] = task.settings.to_dict()
     config["recipe"] = None if recipe is None else asdict(recipe)
     base = {"arch": task.source.get("arch"), "test_accuracy": task.source.get("test_accuracy")}
-    done = []
+    done: list[dict] = []
+    started: list[dict] = []
     previous = Path(args.out) / "results.json"
     if args.resume and previous.exists():
         saved = read_report(previous)
@@ -252,15 +253,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if any(saved_config.get(k) != config.get(k) for k in {*saved_config, *config}):
             raise AutopruneError(f"{previous} was written with other settings or another base model; "
                                  "use the same ones to --resume, or write to a new --out")
-        done = saved["rows"]
-        print(f"resuming: {len(done)} rows already in {previous}")
+        done, started = saved["rows"], saved.get("started", [])
+        needed = {"method", "target", "kept_channels", "exact_strategy", "rebuild", "seed_accuracies"}
+        if not isinstance(started, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in started):
+            raise AutopruneError(f"{previous} has damaged 'started' rows; delete that key to compute those rows again")
+        print(f"resuming: {len(done)} rows already in {previous}"
+              + (f", and {sum(len(r['seed_accuracies']) for r in started)} fine-tunes of {len(started)} more" if started else ""))
     rows = evaluate_methods(task, targets, policy, baselines, baseline_episodes=args.baseline_episodes, recipe=recipe,
                             seed=args.seed,
                             policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done,
-                            on_row=lambda rows: write_report(rows, args.out, config, base), workers=args.workers,
+                            started=started, on_save=lambda rows, started: write_report(rows, args.out, config, base, started),
+                            workers=args.workers,
                             address=args.address)
     print(markdown_table(rows))
-    if done and len(rows) == len(done):  # a finished report resumed: its files (and date) stay as they are
+    if done and not started and len(rows) == len(done):  # a finished report resumed: its files (and date) stay as they are
         print(f"nothing left to compute: {args.out} is unchanged")
         return
     write_report(rows, args.out, config, base)
