@@ -209,11 +209,21 @@ def test_evaluate_interrupted_during_fine_tunes_resumes_without_a_search_or_fine
     assert len(saved["rows"]) == 3 and len(saved["started"]) == 3
     assert sum(len(r["seed_accuracies"]) for r in saved["started"]) == 2
     calls.update(tune=0, search=0, stop_at=None)
+    interrupted = saved.copy()
     rows = evaluate_methods(task, **run, done=saved["rows"], started=saved["started"], on_save=save)
     assert calls["tune"] == 4 and calls["search"] == 0  # the rest only: no baseline searched again
     assert saved["started"] == [] and len(saved["rows"]) == 6
     same = ("method", "target", "strategy", "kept_channels", "search_episodes", "test_accuracy", "finetuned_test_accuracies")
     assert [{k: r[k] for k in same} for r in rows] == [{k: r[k] for k in same} for r in reference]
+
+    def stop_after_searches(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "_finetune_all", stop_after_searches)  # stopped before its first fine-tune
+    calls.update(tune=0, search=0)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_methods(task, **run, done=interrupted["rows"], on_save=save)
+    assert calls["search"] == 2 and [r["seed_accuracies"] for r in saved["started"]] == [{}, {}, {}]
 
 
 def test_report_charges_the_policy_one_search_plus_its_queries():

@@ -152,6 +152,8 @@ def evaluate_methods(
             if before is not None and before["kept_channels"] == row["kept_channels"]:  # the same pruned model
                 tuned = {int(s): a for s, a in before["seed_accuracies"].items() if int(s) in seeds}
             pending.append(_Started(row, pruned, strategy, found.model is None, tuned))
+            if recipe is not None:
+                save(pending)  # a long search (AMC's) is not run again after an interruption
         if recipe is not None and pending:  # every fine-tune of this target, in parallel where workers allow
             _finetune_all(pending, seeds, tune, workers, address, save, log)
         for k, p in enumerate(pending):
