@@ -130,9 +130,10 @@ def evaluate_methods(
             if key in finished:
                 continue
             before = earlier.get(key)
-            if before is not None and before.get("rebuild"):  # the strategy is known: no search again
-                strategy = np.asarray(before["exact_strategy"], dtype=float)
-                found = SearchResult(strategy, before["proxy_accuracy"], before["search_episodes"], before["search_seconds"])
+            known = before is not None and before["rebuild"]  # the strategy is known: no search again
+            if known:
+                found = SearchResult(np.asarray(before["exact_strategy"], dtype=float), before["proxy_accuracy"],
+                                     before["search_episodes"], before["search_seconds"])
             else:
                 found = find(target)
             strategy = found.strategy
@@ -146,8 +147,7 @@ def evaluate_methods(
                    "strategy": np.round(strategy, 4).tolist(),
                    "kept_channels": space.keep_counts(strategy).tolist()}  # exact; the rounded ratios may not be
             if name == "policy":  # the share of this target's query (best-of-K) in the search cost
-                row["query_seconds"] = (before["query_seconds"] if before is not None and before.get("rebuild")
-                                        else round(query_seconds[key[1]], 2))
+                row["query_seconds"] = before["query_seconds"] if known else round(query_seconds[key[1]], 2)
             tuned: dict[int, float] = {}
             if before is not None and before["kept_channels"] == row["kept_channels"]:  # the same pruned model
                 tuned = {int(s): a for s, a in before["seed_accuracies"].items() if int(s) in seeds}

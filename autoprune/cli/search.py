@@ -266,11 +266,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             workers=args.workers,
                             address=args.address)
     print(markdown_table(rows))
-    if done and not started and len(rows) == len(done):  # a finished report resumed: its files (and date) stay as they are
+    if len(rows) == len(done):  # a finished report resumed: on_save never ran, its files (and date) stay as they are
         print(f"nothing left to compute: {args.out} is unchanged")
-        return
-    write_report(rows, args.out, config, base)
-    print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")
+    else:  # on_save wrote the report after its last row
+        print(f"report written to {args.out} (results.json, results.csv, results.md, pareto.png)")
 
 
 @command("report")
