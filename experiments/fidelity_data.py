@@ -161,12 +161,16 @@ def save(path: Path, cfg: Config, results: dict[str, Any]) -> None:
 
 def summary(results: dict[str, Any]) -> str:
     """A short Markdown summary: strategies and fine-tunes per target, the spread of fine-tuned accuracy,
-    and how well two fine-tune seeds agree (the noise floor of any proxy's fidelity)."""
+    how far the best strategy is above global ranking's and uniform's (the most any search could gain over
+    them among these strategies), and how well two fine-tune seeds agree (the noise floor of any proxy's
+    fidelity)."""
     rows, seeds = results["strategies"], [str(s) for s in results["seeds"]]
     lines = [f"Fine-tuned test accuracy (%) of competitive {results['arch']} strategies (`{results['checkpoint']}`), "
-             f"seeds {', '.join(seeds)}, recipe {results['finetune']['recipe']['epochs']} epoch(s) as `evaluate`", "",
+             f"seeds {', '.join(seeds)}, recipe {results['finetune']['recipe']['epochs']} epoch(s) as `evaluate`; "
+             "headroom: the best strategy's mean minus global ranking's and uniform's strategy's (points)", "",
              "| target | strategies | fine-tuned (all seeds) | sources | fine-tuned accuracy min / median / max | "
-             "seed-to-seed Spearman ρ | mean abs seed difference |", "|---|---|---|---|---|---|---|"]
+             "headroom over global / uniform | seed-to-seed Spearman ρ | mean abs seed difference |",
+             "|---|---|---|---|---|---|---|---|"]
     for target in results["targets"]:
         mine = [r for r in rows if r["target"] == target]
         done = [r for r in mine if r["finetuned"]]
@@ -177,6 +181,8 @@ def summary(results: dict[str, Any]) -> str:
             sources[name] = sources.get(name, 0) + 1
         means = [r["finetuned_test_accuracy"] for r in done]
         spread = (f"{min(means):.2f} / {np.median(means):.2f} / {max(means):.2f}" if means else "–")
+        headroom = " / ".join(next((f"{max(means) - r['finetuned_test_accuracy']:+.2f}" for r in done
+                                    if r["source"] == source), "–") for source in ("global", "uniform"))
         rho, diff = "–", "–"
         if len(seeds) > 1 and len(full) >= 3:
             a, b = ([r["finetuned"][s] for r in full] for s in seeds[:2])
@@ -184,7 +190,7 @@ def summary(results: dict[str, Any]) -> str:
             rho = "–" if value is None else f"{value:.2f}"
             diff = f"{np.mean(np.abs(np.subtract(a, b))):.2f}"
         lines.append(f"| {target:.2f} | {len(mine)} | {len(full)} | "
-                     f"{', '.join(f'{k} {v}' for k, v in sources.items())} | {spread} | {rho} | {diff} |")
+                     f"{', '.join(f'{k} {v}' for k, v in sources.items())} | {spread} | {headroom} | {rho} | {diff} |")
     return "\n".join(lines)
 
 

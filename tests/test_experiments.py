@@ -131,6 +131,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def test_fidelity_summary_reports_headroom_over_global_and_uniform():
+    from experiments.fidelity_data import summary
+
+    def row(source, accuracies):
+        return {"target": 0.5, "source": source, "finetuned": dict(zip("01", accuracies)),
+                "finetuned_test_accuracy": float(np.mean(accuracies))}
+
+    results = {"arch": "small", "checkpoint": "c.pt", "seeds": [0, 1], "targets": [0.5, 0.7],
+               "finetune": {"recipe": {"epochs": 1}},
+               "strategies": [row("global", [80.0, 81.0]), row("uniform", [79.0, 79.0]), row("ga", [82.0, 81.0]),
+                              row("policy", [80.0]), {"target": 0.7, "source": "global", "finetuned": {},
+                                                      "finetuned_test_accuracy": None}]}
+    lines = summary(results).splitlines()
+    assert "| +1.00 / +2.50 |" in lines[-2]  # best 81.5 over global's 80.5 and uniform's 79.0
+    assert "| – / – |" in lines[-1]  # nothing fine-tuned at 0.7 yet
+
+
 def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tmp_path, monkeypatch, one_thread):
     import json
 
