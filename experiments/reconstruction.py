@@ -6,26 +6,32 @@ itself, so that a new base model is measured before any policy is searched on it
 re-estimated (adaptive BN, what ``evaluate`` reports before fine-tuning); reconstructed on
 ``images`` training images with the base model's BN statistics; reconstructed, then adaptive BN; and,
 with ``finetune_epochs`` > 0, after the shared recipe's fine-tune with and without reconstruction.
+The report is rewritten after every target; ``--resume`` keeps the targets it holds (measured with the
+same settings) and measures the others.
 
     python -m experiments.reconstruction --images 256
     python -m experiments.reconstruction --checkpoint checkpoints/resnet56-cifar10.pt --report "" --method global \
-        --finetune-epochs 1 --name reconstruction_resnet56
+        --finetune-epochs 1 --name reconstruction_resnet56 --resume
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from autoprune.agents.baselines import create_searcher
 from autoprune.agents.report import read_report
+from autoprune.errors import AutopruneError
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_accuracies
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from experiments.common import report_row, run_script, write_report
+from autoprune.utils import read_json
+from experiments.common import report_row, run_script, save_report
 
 
 @dataclass
@@ -41,10 +47,30 @@ class Config:
     seeds: int = 2
     threads: int = 2
     name: str = "reconstruction_resnet20"
+    out_dir: str = "docs/results"
+    resume: bool = False  # keep the targets an existing report of the same settings holds
+
+
+SETUP = ("checkpoint", "report", "method", "episodes", "images", "finetune_epochs", "seeds")  # what a row depends on
+
+
+def measured(path: Path, cfg: Config) -> list[dict[str, Any]]:
+    """The rows of an existing report to keep (``--resume``), or one clear error if its settings differ."""
+    if not cfg.resume or not path.is_file():
+        return []
+    old = read_json(path, "earlier reconstruction report")
+    differ = [k for k in SETUP if old.get("config", {}).get(k) != asdict(cfg)[k]]
+    if differ:
+        raise AutopruneError(f"{path} was measured with another {', '.join(differ)}: resume with the same settings, "
+                             "or write a new report with another --name")
+    return list(old["results"]["rows"])
 
 
 def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
+    path = Path(cfg.out_dir) / f"{cfg.name}.json"
+    results = measured(path, cfg)
+    done = {r["target"] for r in results}
     plain = PruningTask.from_checkpoint(cfg.checkpoint, PruningSettings(), data_dir=cfg.data_dir)
     refit = plain.derive(reconstruct=cfg.images)
     splits = plain.splits
@@ -53,8 +79,9 @@ def main(cfg: Config) -> None:
     if rows is None:
         create_searcher(cfg.method)  # an unknown method is an error before any work
     base = evaluate(plain.model, splits.test)
-    results = []
     for target in cfg.targets:
+        if target in done:
+            continue
         if rows is None:
             strategy = create_searcher(cfg.method).search(plain, target, cfg.episodes, 0).strategy
         else:
@@ -78,6 +105,12 @@ def main(cfg: Config) -> None:
             out["finetuned_reconstructed"] = finetuned_accuracies(rebuilt, splits, recipe, seeds, teacher=plain.model)
         results.append(out)
         print(out, flush=True)
+        results.sort(key=lambda r: r["target"])
+        save_report(path, cfg, {"rows": results}, markdown(results, cfg), module="experiments.reconstruction")
+    print(markdown(results, cfg))
+
+
+def markdown(results: list[dict[str, Any]], cfg: Config) -> str:
     source = f"from `{cfg.report}`" if cfg.report else "found on the base model"
     md = [f"{cfg.method}'s strategies {source}; test accuracy (%) before fine-tuning; reconstruction on "
           f"{cfg.images} training images", "",
@@ -95,7 +128,7 @@ def main(cfg: Config) -> None:
             a, b = r["finetuned"], r["finetuned_reconstructed"]
             md.append(f"| {r['target']:.2f} | {a['finetuned_test_accuracy']:.2f} ± {a['finetuned_test_accuracy_std'] or 0:.2f} | "
                       f"{b['finetuned_test_accuracy']:.2f} ± {b['finetuned_test_accuracy_std'] or 0:.2f} |")
-    write_report(cfg.name, cfg, {"rows": results}, "\n".join(md))
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

@@ -428,6 +428,7 @@ def test_scripts_end_on_a_one_line_error(tmp_path):
 def test_reconstruction_measures_a_baseline_strategy_without_a_report(trained_small, tmp_path, monkeypatch, one_thread):
     """``experiments.reconstruction --report ""``: a new base model is measured on a baseline's strategies."""
     from autoprune.errors import AutopruneError
+    from experiments import reconstruction
     from experiments.reconstruction import Config, main
 
     monkeypatch.chdir(tmp_path)
@@ -438,5 +439,16 @@ def test_reconstruction_measures_a_baseline_strategy_without_a_report(trained_sm
     row = json.loads((tmp_path / "docs" / "results" / "recon.json").read_text())["results"]["rows"][0]
     assert 0.48 <= row["flops_ratio"] <= 0.5 and row["layers_refitted"] >= 1
     assert "global's strategies found on the base model" in (tmp_path / "docs" / "results" / "recon.md").read_text()
+
+    # --resume keeps the measured target and measures only the new one; other settings are refused
+    searched = []
+    real = reconstruction.create_searcher
+    monkeypatch.setattr(reconstruction, "create_searcher", lambda name: searched.append(name) or real(name))
+    main(dataclasses.replace(cfg, targets=[0.5, 0.7], resume=True))
+    rows = json.loads((tmp_path / "docs" / "results" / "recon.json").read_text())["results"]["rows"]
+    assert [r["target"] for r in rows] == [0.5, 0.7] and rows[0] == row
+    assert searched == ["global", "global"]  # the unknown-method check, then the search at 0.7 alone
+    with pytest.raises(AutopruneError, match="images"):
+        main(dataclasses.replace(cfg, images=32, resume=True))
     with pytest.raises(AutopruneError, match="foo"):
         main(Config(checkpoint=str(checkpoint), data_dir="", report="", method="foo", targets=[0.5], threads=1))
