@@ -9,7 +9,9 @@ under LABEL (a second search seed, a transferred policy). Per target: every meth
 error over the seeds) and its verdict (``autoprune.agents.report.PairedDifference``): ahead or behind
 when a two-sided paired t-test at 5% says so, else within the noise. The summary counts, per policy and
 baseline, the targets where the policy is ahead or behind, where its paired mean is at least the
-baseline's, and the mean paired difference over the targets where both were evaluated.
+baseline's, and the mean paired difference over the targets where both were evaluated, with its
+standard error and the verdict of a t-test that pools every target's seeds
+(``autoprune.agents.report.mean_over_targets``).
 
     python -m experiments.policy_vs_baselines --reports docs/results/resnet20-cifar10/runs/policy \
         docs/results/resnet20-cifar10/runs/amc --policy "search seed 1=docs/results/resnet20-cifar10/search-seed1" \
@@ -22,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprune.agents.report import Report, count_verdicts, methods_of, paired_differences, read_report
+from autoprune.agents.report import (
+    Report,
+    count_verdicts,
+    mean_over_targets,
+    methods_of,
+    paired_differences,
+    read_report,
+)
 from autoprune.errors import AutopruneError
 from experiments.common import accuracy_table, run_script, write_report
 from experiments.merge_reports import SHARED, merge
@@ -91,7 +100,8 @@ def main(cfg: Config) -> dict[str, Any]:
             if n:
                 lines.append(f"- vs {baseline}: ahead at {summary['ahead']} of {n} targets, "
                              f"behind at {summary['behind']}; paired mean ≥ {baseline}'s at {summary['at_least']} of "
-                             f"{n}; mean difference over those targets {summary['mean_difference']:+.2f} points.")
+                             f"{n}; mean difference over those targets {mean_over_targets(per_target)} points "
+                             f"({summary['mean_difference_verdict']}, a Welch t-test pooling every target's seeds).")
     results = {"reports": cfg.reports, "policies": policies, "baselines": baselines, "targets": targets,
                "cells": cells,
                "comparisons": comparisons}

@@ -426,7 +426,8 @@ def test_report_joins_architectures_into_one_table_and_figure(tmp_path):
     assert "| resnet56 | 93.00 | 0.30 | **83.50 ± 0.20** | 83.00 ± 0.20 |" in table
     assert "| vgg16_bn | | mean over targets | 86.50 | 86.00 |" in table
     # the same seeds shift both methods alike: the +0.5 is beyond any noise at both targets
-    assert "- resnet56, policy − uniform: +0.50 on average over 2 target(s); paired mean ≥ 0 at 2, ahead at 2" in table
+    assert ("- resnet56, policy − uniform: +0.50 ± 0.00 on average over 2 target(s) (ahead); paired mean ≥ 0 at 2, "
+            "ahead at 2") in table
     assert (out / "cross_arch.png").stat().st_size > 1000
     assert len(json.loads((out / "cross_arch.json").read_text())["reports"]) == 2
     assert main(["report", str(tmp_path / "resnet56-cifar10"), str(tmp_path / "missing"), "--out", str(tmp_path / "bad")]) == 2
@@ -469,6 +470,28 @@ def test_every_baseline_is_listed_with_a_summary(capsys):
     listed = capsys.readouterr().out
     for name in list_searchers():
         assert SEARCHERS.get(name).summary and f"{name} " in listed
+
+
+def test_the_mean_over_targets_pools_their_seeds_into_one_test():
+    from autoprune.agents.report import PairedDifference, count_verdicts, mean_over_targets
+
+    # +0.30 ± 0.12 with 3 seeds at each of four targets: none resolved alone (t(0.975, 2) = 4.3), the mean is
+    per_target = {t: PairedDifference(0.3, 0.12, 3) for t in (0.3, 0.42, 0.5, 0.63)}
+    assert {d.verdict for d in per_target.values()} == {"within noise"}
+    overall = mean_over_targets(per_target)
+    assert overall is not None and overall.mean == pytest.approx(0.3) and overall.seeds == 12
+    assert overall.standard_error == pytest.approx(0.06) and overall.dof == pytest.approx(8.0)  # equal errors: 4 x 2
+    assert overall.verdict == "ahead" and overall.threshold == pytest.approx(2.306 * 0.06, rel=1e-3)
+    counted = count_verdicts(per_target)
+    assert counted["ahead"] == 0 and counted["mean_difference_verdict"] == "ahead"
+    assert counted["mean_difference_standard_error"] == pytest.approx(0.06)
+    # unequal errors: fewer degrees of freedom than the seeds (Welch-Satterthwaite), a wider threshold
+    uneven = mean_over_targets({0.3: PairedDifference(0.3, 0.02, 3), 0.5: PairedDifference(0.3, 0.3, 3)})
+    assert uneven is not None and 2.0 <= uneven.dof < 4.0
+    # a target with one seed has no error, so neither has the mean; no target, no mean
+    single = mean_over_targets({0.3: PairedDifference(0.3, 0.12, 3), 0.5: PairedDifference(1.0, None, 1)})
+    assert single is not None and single.standard_error is None and single.verdict == "one seed"
+    assert mean_over_targets({}) is None and count_verdicts({})["mean_difference_verdict"] is None
 
 
 def test_paired_verdicts_resolve_a_difference_only_beyond_two_standard_errors():

@@ -377,6 +377,9 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
     assert versus_global["per_target"]["0.3"]["verdict"] == "ahead"
     assert versus_global["per_target"]["0.5"]["verdict"] == "behind"
     assert (versus_global["ahead"], versus_global["behind"], versus_global["at_least"]) == (1, 1, 1)
+    # +0.97 at 0.3 and -1.03 at 0.5: level on average over the two
+    assert versus_global["mean_difference"] == pytest.approx(-0.0333, abs=1e-3)
+    assert versus_global["mean_difference_verdict"] == "within noise"
     versus_uniform = results["comparisons"]["policy"]["uniform"]
     assert versus_uniform["per_target"]["0.3"]["verdict"] == "within noise" and versus_uniform["targets"] == 2
     assert results["comparisons"]["policy"]["amc"]["targets"] == 1  # AMC ran at 0.5 only

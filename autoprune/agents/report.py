@@ -4,7 +4,9 @@ Every method of an ``evaluate`` run is fine-tuned with the same seeds, so two me
 compared seed by seed (``paired_differences``): the mean difference, its standard error, and a verdict
 -- ahead or behind when a two-sided paired t-test at the 5% level rejects "no difference" (the mean is
 more than t(0.975, seeds − 1) standard errors from zero: 12.7 with 2 seeds, 4.3 with 3, 2.8 with 5),
-else within the noise.
+else within the noise. Over several targets (``mean_over_targets``) the question is whether a method is
+ahead *on average*: the mean of the per-target differences, tested with a Welch t-test that pools the
+seeds of every target, which resolves margins that no single target's few seeds can.
 
 ``autoprune report`` joins the reports of several architectures into one view. Each input is a report
 directory (``results.json``); the output is one table -- a row per (architecture, target), a column per
@@ -38,6 +40,7 @@ class PairedDifference:
     mean: float
     standard_error: float | None  # None with a single seed
     seeds: int
+    dof: float | None = None  # degrees of freedom of the t-test; None: seeds - 1 (one target)
 
     @property
     def threshold(self) -> float | None:
@@ -46,7 +49,8 @@ class PairedDifference:
             return None
         from scipy.stats import t
 
-        return float(t.ppf(1 - SIGNIFICANCE / 2, self.seeds - 1)) * self.standard_error
+        dof = self.seeds - 1 if self.dof is None else self.dof
+        return float(t.ppf(1 - SIGNIFICANCE / 2, dof)) * self.standard_error
 
     @property
     def verdict(self) -> str:
@@ -89,13 +93,34 @@ def paired_differences(rows: Sequence[dict[str, Any]], method: str, other: str) 
     return found
 
 
+def mean_over_targets(per_target: dict[float, PairedDifference]) -> PairedDifference | None:
+    """The mean of the per-target differences (None without a target). The targets' fine-tunes are
+    independent, so its standard error is sqrt(sum of the per-target squared errors) / targets, and its
+    t-test takes the Welch-Satterthwaite degrees of freedom (with equal errors: the targets' seeds - 1
+    summed); no standard error if a target has a single seed."""
+    diffs = list(per_target.values())
+    if not diffs:
+        return None
+    mean, seeds = float(np.mean([d.mean for d in diffs])), sum(d.seeds for d in diffs)
+    if any(d.standard_error is None for d in diffs):
+        return PairedDifference(mean, None, seeds)
+    variances = [d.standard_error ** 2 for d in diffs]  # type: ignore[operator]
+    total = sum(variances)
+    dof = (total ** 2 / sum(v ** 2 / (d.seeds - 1) for v, d in zip(variances, diffs)) if total > 0
+           else float(sum(d.seeds - 1 for d in diffs)))
+    return PairedDifference(mean, float(np.sqrt(total)) / len(diffs), seeds, dof=dof)
+
+
 def count_verdicts(per_target: dict[float, PairedDifference]) -> dict[str, Any]:
     """Over the targets of one comparison: how many, at how many ahead / behind / level or better in the
-    mean, and the mean paired difference (None without a target)."""
+    mean, and the mean paired difference with its standard error and verdict (None without a target)."""
     diffs = list(per_target.values())
+    overall = mean_over_targets(per_target)
     return {"targets": len(diffs), "ahead": sum(d.verdict == "ahead" for d in diffs),
             "behind": sum(d.verdict == "behind" for d in diffs), "at_least": sum(d.mean >= 0 for d in diffs),
-            "mean_difference": float(np.mean([d.mean for d in diffs])) if diffs else None}
+            "mean_difference": None if overall is None else overall.mean,
+            "mean_difference_standard_error": None if overall is None else overall.standard_error,
+            "mean_difference_verdict": None if overall is None else overall.verdict}
 
 
 @dataclass
@@ -176,10 +201,12 @@ def policy_summary(report: Report) -> list[str]:
     for other in methods_of([report]):
         if other == "policy":
             continue
-        c = count_verdicts(paired_differences(report.rows, "policy", other))
-        if c["targets"]:
-            lines.append(f"- {report.name}, policy − {other}: {c['mean_difference']:+.2f} on average over {c['targets']} "
-                         f"target(s); paired mean ≥ 0 at {c['at_least']}, ahead at {c['ahead']}, behind at {c['behind']}")
+        per_target = paired_differences(report.rows, "policy", other)
+        c, overall = count_verdicts(per_target), mean_over_targets(per_target)
+        if overall is not None:
+            lines.append(f"- {report.name}, policy − {other}: {overall} on average over {c['targets']} target(s) "
+                         f"({overall.verdict}); paired mean ≥ 0 at {c['at_least']}, ahead at {c['ahead']}, "
+                         f"behind at {c['behind']}")
     return lines
 
 
