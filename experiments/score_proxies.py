@@ -25,12 +25,18 @@ fine-tunes run, and report again when they are done. A reused proxy's cost is th
 scores were made, and its entry names that report.
 
     python -m experiments.score_proxies --proxies bn distill --reuse docs/results/proxy_scores_resnet20.json
+
+Scoring is slow for the distillation proxies (about a minute per strategy), so every score is also kept
+in ``<out-dir>/<name>.partial.json`` as it is made: the same command run again, after an interruption,
+reuses those scores and goes on where it stopped. The partial file is removed once the report is written.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +46,7 @@ from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.task.proxy import PROXIES
 from autoprune.task.task import make_proxy
-from autoprune.utils import read_json
+from autoprune.utils import read_json, write_text_atomic
 from experiments.common import TaskConfig, run_script, spearman, write_report
 from experiments.fidelity_data import read_yardstick, seed_means
 
@@ -155,11 +161,12 @@ def main(cfg: Config) -> None:
     if fingerprint(base.model) != data["base_fingerprint"]:
         raise SystemExit(f"{cfg.data} was made from another base model than {cfg.checkpoint or data['checkpoint']}")
     identity = {"base model": data["base_fingerprint"], "settings": settings.to_dict()}
-    earlier = reusable(cfg.reuse, identity)
+    partial = Path(cfg.out_dir) / f"{cfg.name}.partial.json"  # this run's scores so far, for an interrupted run
+    earlier = reusable(cfg.reuse + ([str(partial)] if partial.is_file() else []), identity)
     print(f"{len(rows)} of {len(data['strategies'])} strategies have a fine-tuned seed; scoring them with "
           f"{', '.join(cfg.proxies)}", flush=True)
 
-    proxies, scores = [], {r["id"]: {} for r in rows}
+    proxies, scores, seconds_so_far = [], {r["id"]: {} for r in rows}, {}
     for spec, name, options in specs:
         proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
         task = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space, scores=base.scores,
@@ -176,6 +183,9 @@ def main(cfg: Config) -> None:
         t0 = time.perf_counter()
         for i, row in enumerate(todo, 1):
             scores[row["id"]][spec] = task.score(np.asarray(row["kept_channels"]) / base.space.channels)
+            seconds_so_far[spec] = ((time.perf_counter() - t0) + kept["seconds"] * (len(rows) - len(todo))) / (
+                len(rows) - len(todo) + i)
+            save_partial(partial, identity, rows, scores, seconds_so_far)
             if i % 10 == 0 or i == len(todo):
                 print(f"  {spec}: {i}/{len(todo)} strategies ({(time.perf_counter() - t0) / i:.1f} s each)", flush=True)
         # the cost of the reused scores is the one measured when they were scored
@@ -210,6 +220,15 @@ def main(cfg: Config) -> None:
                "proxies": proxies, "scores": scores, "identity": identity,
                "kept_channels": {r["id"]: r["kept_channels"] for r in rows}}
     write_report(cfg.name, cfg, results, markdown(results), out_dir=cfg.out_dir)
+    partial.unlink(missing_ok=True)
+
+
+def save_partial(path: Path, identity: dict[str, Any], rows: list[dict[str, Any]],
+                 scores: dict[str, dict[str, float]], seconds: dict[str, float]) -> None:
+    """The scores made so far, in the shape ``reusable`` reads (a proxy's cost: its mean so far)."""
+    results = {"identity": identity, "kept_channels": {r["id"]: r["kept_channels"] for r in rows}, "scores": scores,
+               "proxies": [{"proxy": spec, "seconds_per_strategy": s} for spec, s in seconds.items()]}
+    write_text_atomic(path, json.dumps({"results": results}) + "\n")
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -232,6 +232,28 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
     assert second["proxies"][1]["reused_from"] is None and second["proxies"][1]["reused"] == 0
     with pytest.raises(AutopruneError, match="another settings"):
         score_proxies.main(dataclasses.replace(again, proxy_images=50))
+
+    # an interrupted run keeps its scores in <name>.partial.json; the same command goes on from them
+    def failing(self, strategy):
+        if len(scored_calls) == 3:
+            raise KeyboardInterrupt
+        scored_calls.append(self.settings.proxy)
+        return real_score(self, strategy)
+
+    scored_calls.clear()
+    monkeypatch.setattr(score_proxies.PruningTask, "score", failing)
+    interrupted = dataclasses.replace(scored, proxies=["bn", "bn:measure=soft"], name="interrupted", reuse=[])
+    with pytest.raises(KeyboardInterrupt):
+        score_proxies.main(interrupted)
+    assert (tmp_path / "interrupted.partial.json").is_file() and not (tmp_path / "interrupted.json").exists()
+    scored_calls.clear()
+    monkeypatch.setattr(score_proxies.PruningTask, "score",
+                        lambda self, strategy: scored_calls.append(self.settings.proxy) or real_score(self, strategy))
+    score_proxies.main(interrupted)
+    assert len(scored_calls) == 2 * len(rows) - 3  # the three scores made before the interruption are kept
+    resumed = json.loads((tmp_path / "interrupted.json").read_text())["results"]
+    assert all(resumed["scores"][i]["bn"] == report["scores"][i]["bn"] for i in report["scores"])  # deterministic
+    assert not (tmp_path / "interrupted.partial.json").exists()
     with pytest.raises(AutopruneError, match="not a report of experiments.score_proxies"):
         score_proxies.main(dataclasses.replace(again, reuse=[str(out)]))
 
