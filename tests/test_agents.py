@@ -210,8 +210,13 @@ def test_evaluate_interrupted_during_fine_tunes_resumes_without_a_search_or_fine
     assert sum(len(r["seed_accuracies"]) for r in saved["started"]) == 2
     calls.update(tune=0, search=0, stop_at=None)
     interrupted = saved.copy()
-    rows = evaluate_methods(task, **run, done=saved["rows"], started=saved["started"], on_save=save)
+    logged: list[str] = []
+    rows = evaluate_methods(task, **(run | {"log": logged.append}), done=saved["rows"], started=saved["started"],
+                            on_save=save)
     assert calls["tune"] == 4 and calls["search"] == 0  # the rest only: no baseline searched again
+    progress = [line for line in logged if "fine-tunes at this target" in line]
+    assert len(progress) == 4 and "(3 of 6 fine-tunes at this target, " in progress[0]  # counting the 2 resumed
+    assert progress[-1].endswith("(6 of 6 fine-tunes at this target, 0:00:00 left at it)")
     assert saved["started"] == [] and len(saved["rows"]) == 6
     same = ("method", "target", "strategy", "kept_channels", "search_episodes", "test_accuracy", "finetuned_test_accuracies")
     assert [{k: r[k] for k in same} for r in rows] == [{k: r[k] for k in same} for r in reference]

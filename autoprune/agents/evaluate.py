@@ -35,7 +35,7 @@ from autoprune.pruning import check_target, count_params
 from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_test_accuracy, summarize
 from autoprune.task import PruningTask
 from autoprune.training import evaluate, recalibrate_bn
-from autoprune.utils import save_figure, versions, write_text_atomic
+from autoprune.utils import hms, save_figure, versions, write_text_atomic
 
 COLUMNS = ("method", "target", "achieved_flops_ratio", "params", "proxy_accuracy", "test_accuracy",
            "finetuned_test_accuracy", "finetuned_test_accuracy_std", "search_episodes", "search_seconds")
@@ -188,13 +188,17 @@ def _finetune_all(pending: list[_Started], seeds: list[int], tune: Callable[[tup
     then each row's summary over ``seeds``."""
     jobs = [(p, s) for p in pending for s in seeds if s not in p.tuned]
     total = len(pending) * len(seeds)
+    start, ended = time.perf_counter(), 0
 
     def finished(index: int, accuracy: float) -> None:
+        nonlocal ended
         p, s = jobs[index]
         p.tuned[s] = accuracy
+        ended += 1
         save(pending)
+        left = (time.perf_counter() - start) / ended * (len(jobs) - ended)  # at this run's pace, workers included
         log(f"{p.row['method']:>12} target {p.row['target']:.2f} seed {s}: fine-tuned {accuracy:.2f}% "
-            f"({sum(len(q.tuned) for q in pending)} of {total} fine-tunes at this target)")
+            f"({sum(len(q.tuned) for q in pending)} of {total} fine-tunes at this target, {hms(left)} left at it)")
 
     parallel_map(tune, [(p.pruned, s) for p, s in jobs], workers, address, on_result=finished)
     for p in pending:
