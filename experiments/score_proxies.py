@@ -162,7 +162,13 @@ def main(cfg: Config) -> None:
         raise SystemExit(f"{cfg.data} was made from another base model than {cfg.checkpoint or data['checkpoint']}")
     identity = {"base model": data["base_fingerprint"], "settings": settings.to_dict()}
     partial = Path(cfg.out_dir) / f"{cfg.name}.partial.json"  # this run's scores so far, for an interrupted run
-    earlier = reusable(cfg.reuse + ([str(partial)] if partial.is_file() else []), identity)
+    earlier = reusable(cfg.reuse, identity)
+    if partial.is_file():
+        try:
+            earlier.update(reusable([str(partial)], identity))
+        except AutopruneError as error:
+            raise AutopruneError(f"{error} (an interrupted run's scores: remove the file to score afresh, "
+                                 "or give another --name)") from None
     print(f"{len(rows)} of {len(data['strategies'])} strategies have a fine-tuned seed; scoring them with "
           f"{', '.join(cfg.proxies)}", flush=True)
 

@@ -246,6 +246,8 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
     with pytest.raises(KeyboardInterrupt):
         score_proxies.main(interrupted)
     assert (tmp_path / "interrupted.partial.json").is_file() and not (tmp_path / "interrupted.json").exists()
+    with pytest.raises(AutopruneError, match="remove the file to score afresh"):  # made under other settings
+        score_proxies.main(dataclasses.replace(interrupted, proxy_images=50))
     scored_calls.clear()
     monkeypatch.setattr(score_proxies.PruningTask, "score",
                         lambda self, strategy: scored_calls.append(self.settings.proxy) or real_score(self, strategy))
