@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -255,6 +256,10 @@ def test_evaluate_repeats_the_fine_tune_over_seeds(task, tmp_path):
     assert one["finetuned_test_accuracy_std"] is None
     write_report([two], tmp_path, {"test": True})
     assert " ± " in (tmp_path / "results.md").read_text()
+    with warnings.catch_warnings():  # a report saved before its first finished row: no warning, a figure all the same
+        warnings.simplefilter("error")
+        write_report([], tmp_path / "empty", {"test": True}, started=[two])
+    assert (tmp_path / "empty" / "pareto.png").is_file()
     with pytest.raises(AutopruneError, match="finetune_seeds"):
         evaluate_methods(task, [0.5], None, ["uniform"], recipe=ONE_EPOCH, finetune_seeds=0)
 

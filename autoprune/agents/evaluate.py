@@ -272,7 +272,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("FLOPs ratio (pruned / dense)")
     ax.set_ylabel("test accuracy (%)" + (" after fine-tune" if key.startswith("finetuned") else ""))
     ax.grid(alpha=0.3)
-    ax.legend()
+    if rows:  # a report saved before its first finished row has nothing to label yet
+        ax.legend()
     save_figure(fig, path, dpi=120)
 
 
