@@ -11,7 +11,7 @@ same settings) and measures the others.
 
     python -m experiments.reconstruction --images 256
     python -m experiments.reconstruction --checkpoint checkpoints/resnet56-cifar10.pt --report "" --method global \
-        --finetune-epochs 1 --name reconstruction_resnet56 --resume
+        --finetune-epochs 1 --name reconstruction_resnet56_finetuned   # --resume continues it
 """
 
 from __future__ import annotations

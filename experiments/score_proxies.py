@@ -184,25 +184,24 @@ def main(cfg: Config) -> None:
                 scores[row["id"]][spec] = kept["scores"][row["id"]]
             else:
                 todo.append(row)
-        if len(todo) < len(rows):
-            print(f"  {spec}: {len(rows) - len(todo)} scores reused from {kept['report']}", flush=True)
+        reused = len(rows) - len(todo)
+        if reused:
+            print(f"  {spec}: {reused} scores reused from {kept['report']}", flush=True)
         t0 = time.perf_counter()
         for i, row in enumerate(todo, 1):
             scores[row["id"]][spec] = task.score(np.asarray(row["kept_channels"]) / base.space.channels)
-            seconds_so_far[spec] = ((time.perf_counter() - t0) + kept["seconds"] * (len(rows) - len(todo))) / (
-                len(rows) - len(todo) + i)
+            seconds_so_far[spec] = mean_seconds(time.perf_counter() - t0, i, reused, kept["seconds"])
             save_partial(partial, identity, rows, scores, seconds_so_far)
             if i % 10 == 0 or i == len(todo):
                 print(f"  {spec}: {i}/{len(todo)} strategies ({(time.perf_counter() - t0) / i:.1f} s each)", flush=True)
-        # the cost of the reused scores is the one measured when they were scored
-        seconds = ((time.perf_counter() - t0 if todo else 0.0) + kept["seconds"] * (len(rows) - len(todo))) / len(rows)
         entry: dict[str, Any] = {
             "proxy": spec, "name": name, "measure": proxy.measure_name, "images": proxy.num_images,
             "steps": proxy.finetune_steps,
             "lr": proxy.finetune_lr if proxy.finetune_steps else None,
             "reconstruct_images": sum(len(b) for b in proxy.reconstruction) if proxy.reconstruction else 0,
-            "seconds_per_strategy": seconds, "reused": len(rows) - len(todo),
-            "reused_from": kept["report"] if len(todo) < len(rows) else None, "per_target": {}}
+            "seconds_per_strategy": mean_seconds(time.perf_counter() - t0 if todo else 0.0, len(todo), reused,
+                                                 kept["seconds"]), "reused": reused,
+            "reused_from": kept["report"] if reused else None, "per_target": {}}
         for target in targets:
             mine = [r for r in rows if r["target"] == target]
             entry["per_target"][f"{target:g}"] = fidelity([scores[r["id"]][spec] for r in mine],
@@ -227,6 +226,12 @@ def main(cfg: Config) -> None:
                "kept_channels": {r["id"]: r["kept_channels"] for r in rows}}
     write_report(cfg.name, cfg, results, markdown(results), out_dir=cfg.out_dir)
     partial.unlink(missing_ok=True)
+
+
+def mean_seconds(elapsed: float, scored: int, reused: int, reused_seconds: float) -> float:
+    """A proxy's cost per strategy over ``scored`` new scores (``elapsed`` s in all) and ``reused`` ones,
+    each of which costs what it cost when it was made."""
+    return (elapsed + reused_seconds * reused) / (scored + reused)
 
 
 def save_partial(path: Path, identity: dict[str, Any], rows: list[dict[str, Any]],
