@@ -11,7 +11,8 @@ each proxy (seconds per strategy, building the pruned model included, and relati
 A proxy is a registry name (``autoprune.task.proxy.PROXIES``) with optional ``key=value`` options
 after a colon: ``steps`` (SGD or distillation steps), ``images`` (validation images scored), ``recon``
 (calibration images of the reconstruction), ``lr`` and ``batch`` (of the steps), ``calib`` (BN
-calibration batches), ``measure`` (what is reported of the predictions: ``accuracy``, ``soft`` or ``kl``,
+calibration batches), ``bn`` (``0``: no adaptive BN, the pruned model keeps the base model's BN
+statistics -- with ``recon-bn``, the reconstruction alone), ``measure`` (what is reported of the predictions: ``accuracy``, ``soft`` or ``kl``,
 ``autoprune.task.proxy.MEASURES``); e.g. ``distill:steps=500,lr=0.02`` or ``bn:measure=kl``.
 
     python -m experiments.score_proxies --threads 2
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +52,21 @@ from autoprune.utils import read_json, write_text_atomic
 from experiments.common import TaskConfig, run_script, spearman, write_report
 from experiments.fidelity_data import read_yardstick, seed_means
 
-# spec option -> (AccuracyProxy argument, type)
-OPTIONS: dict[str, tuple[str, type]] = {"steps": ("finetune_steps", int), "images": ("num_images", int),
-                                        "recon": ("reconstruct_images", int), "lr": ("finetune_lr", float),
-                                        "batch": ("finetune_batch_size", int), "calib": ("calib_batches", int),
-                                        "measure": ("measure", str)}
+
+def on_off(value: str) -> bool:
+    """``1``/``on``/``true`` or ``0``/``off``/``false``."""
+    words = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+    if value.lower() not in words:
+        raise ValueError(value)
+    return words[value.lower()]
+
+
+# spec option -> (AccuracyProxy argument, parser, what the parser takes)
+OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "steps": ("finetune_steps", int, "an integer"), "images": ("num_images", int, "an integer"),
+    "recon": ("reconstruct_images", int, "an integer"), "lr": ("finetune_lr", float, "a number"),
+    "batch": ("finetune_batch_size", int, "an integer"), "calib": ("calib_batches", int, "an integer"),
+    "bn": ("adaptive_bn", on_off, "0 or 1"), "measure": ("measure", str, "a measure name")}
 
 
 @dataclass
@@ -79,11 +91,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if key not in OPTIONS or not value:
             raise AutopruneError(f"proxy option {item!r} in {spec!r}: use key=value with a key among "
                                  f"{', '.join(OPTIONS)}")
-        argument, kind = OPTIONS[key]
+        argument, parse, what = OPTIONS[key]
         try:
-            options[argument] = kind(value)
+            options[argument] = parse(value)
         except ValueError:
-            raise AutopruneError(f"proxy option {item!r} in {spec!r}: {value!r} is not a {kind.__name__}") from None
+            raise AutopruneError(f"proxy option {item!r} in {spec!r}: give {what}, not {value!r}") from None
     return name, options
 
 

@@ -283,8 +283,12 @@ def test_score_proxies_reads_proxy_specs():
         parse_spec("distil:steps=3")
     with pytest.raises(AutopruneError, match="key=value"):
         parse_spec("distill:epochs=3")
-    with pytest.raises(AutopruneError, match="not a int"):
+    with pytest.raises(AutopruneError, match="give an integer, not 'many'"):
         parse_spec("distill:steps=many")
+    assert parse_spec("recon-bn:bn=0,images=5000") == ("recon-bn", {"adaptive_bn": False, "num_images": 5000})
+    assert parse_spec("bn:bn=on") == ("bn", {"adaptive_bn": True})
+    with pytest.raises(AutopruneError, match="give 0 or 1"):
+        parse_spec("bn:bn=maybe")
 
 
 # ------------------------------------------------------------------ sparsity_study (issue #17)
