@@ -4,7 +4,8 @@ than the seed noise? (The bars of the cross-architecture comparison and of the p
 The inputs are ``autoprune evaluate`` reports of one base model under one fine-tune budget (the
 settings ``experiments.merge_reports`` checks). ``--reports`` hold the policy and the baselines (e.g.
 ``runs/policy`` and ``runs/amc``); each ``--policy LABEL=DIR`` adds the policy rows of another report
-under LABEL (a second search seed, a transferred policy). Per target: every method's fine-tuned accuracy
+under LABEL (a second search seed, a transferred policy); ``--baselines-from DIR`` adds the baseline rows
+of an earlier report (fine-tuned once, set against a new policy). Per target: every method's fine-tuned accuracy
 (mean ± std over the seeds), then for every policy and baseline the paired difference (mean ± standard
 error over the seeds) and its verdict (``autoprune.agents.report.PairedDifference``): ahead or behind
 when a two-sided paired t-test at 5% says so, else within the noise. The summary counts, per policy and
@@ -43,13 +44,14 @@ POLICY = "policy"
 class Config:
     reports: list[str] = field(default_factory=lambda: ["docs/results/resnet20-cifar10/runs/policy"])
     policy: list[str] = field(default_factory=list)  # LABEL=DIR: the policy rows of another report, as LABEL
+    baselines_from: list[str] = field(default_factory=list)  # earlier reports: their baseline rows
     name: str = "policy_vs_baselines"  # docs/results/<name>.json and .md
     out_dir: str = "docs/results"
 
 
 def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of every report (another report's policy rows renamed to their label), the policies first."""
-    rows, _, _ = merge([Path(d) for d in cfg.reports])
+    rows, _, _ = merge([Path(d) for d in cfg.reports], [Path(d) for d in cfg.baselines_from])
     reference = read_report(cfg.reports[0])["config"]
     methods = {r["method"] for r in rows}
     policies = [POLICY] if POLICY in methods else []

@@ -425,6 +425,19 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
     with pytest.raises(AutopruneError, match="holds no policy rows"):
         main(Config(reports=[own], policy=[f"x={amc}"], out_dir=str(tmp_path / "docs")))
 
+    # a new policy against the baselines of an earlier report: its baseline rows, not its policy's
+    new = report("new", [("policy", 0.3, [81.0, 81.2, 81.4]), ("policy", 0.5, [72.0, 72.1, 72.2])])
+    results = main(Config(reports=[new, amc], baselines_from=[own], name="pvb2", out_dir=str(tmp_path / "docs")))
+    assert results["policies"] == ["policy"] and results["baselines"] == ["uniform", "global", "amc"]
+    assert results["comparisons"]["policy"]["global"]["per_target"]["0.3"]["mean"] == pytest.approx(1.9667, abs=1e-3)
+    with pytest.raises(AutopruneError, match="finetune_seeds: its rows are not comparable"):
+        main(Config(reports=[new], baselines_from=[other], out_dir=str(tmp_path / "docs")))
+    from experiments.merge_reports import merge
+
+    rows, config, _ = merge([Path(new)], [Path(own)])
+    assert sorted((r["method"], r["target"]) for r in rows if r["method"] == "policy") == [("policy", 0.3), ("policy", 0.5)]
+    assert len(rows) == 6 and list(config["baselines_from"]) == [own]
+
 
 def test_scripts_end_on_a_one_line_error(tmp_path):
     """``experiments.common.run_script``: an ``AutopruneError`` is one line on stderr and exit status 2."""

@@ -42,15 +42,15 @@ def _batches(splits):
     return BatchLoader(splits.val, 256)
 
 
-def test_registry_names_the_four_variants_and_bn_is_the_default(task):
-    assert list_proxies() == ["bn", "distill", "recon-bn", "recon-distill"]
+def test_registry_names_the_five_variants_and_bn_is_the_default(task):
+    assert list_proxies() == ["bn", "distill", "recon", "recon-bn", "recon-distill"]
     assert PruningSettings().proxy == "bn"
     assert type(task.proxy) is AccuracyProxy and task.proxy.name == "bn" and task.proxy.reconstruction is None
     for name in list_proxies():
         assert PROXIES.get(name).name == name
 
 
-@pytest.mark.parametrize("name", ["bn", "recon-bn", "distill", "recon-distill"])
+@pytest.mark.parametrize("name", list_proxies())
 def test_every_proxy_scores_deterministically_in_the_unit_interval(task, strategy, name):
     derived = task.derive(proxy=name, proxy_steps=STEPS if "distill" in name else 0)
     assert (derived.proxy is task.proxy) == (name == "bn") and derived.proxy.name == name
@@ -74,6 +74,20 @@ def test_recon_proxies_score_the_reconstructed_model_and_leave_the_task_models_a
     assert task.derive(proxy="recon-bn", reconstruct=64).proxy.reconstruction[0].shape[0] == 64
 
 
+def test_recon_scores_the_reconstruction_with_the_base_models_bn_statistics(task, strategy, digits):
+    refit = task.derive(proxy="recon", proxy_measure="kl")
+    assert refit.proxy.reconstruction is not None and not refit.proxy.adaptive_bn and not refit.proxy.calib_batches
+    built = refit.space.apply(strategy, refit.settings.criterion, reconstruct=refit.proxy.reconstruction)
+    means = {n: m.running_mean.clone() for n, m in built.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert refit.score(strategy) == refit.proxy.score(built)
+    assert all(m.running_mean.equal(means[n]) for n, m in built.named_modules() if n in means)  # not re-estimated
+    # the same as recon-bn without adaptive BN, and not the same as recon-bn with it
+    plain = create_proxy("recon-bn", digits, adaptive_bn=False, measure="kl", teacher=task.model)
+    assert plain.score(copy.deepcopy(built)) == refit.score(strategy)
+    assert task.derive(proxy="recon-bn").score(strategy) != refit.score(strategy)
+    assert create_proxy("recon", digits, adaptive_bn=True).adaptive_bn is False  # the setting cannot turn it on
+
+
 def test_distill_moves_the_logits_towards_the_teachers(task, strategy, digits):
     pruned = task.apply(strategy)
     bn, distill = create_proxy("bn", digits), create_proxy("distill", digits, teacher=task.model, finetune_steps=STEPS)
@@ -94,7 +108,7 @@ def test_distill_moves_the_logits_towards_the_teachers(task, strategy, digits):
 
 
 def test_unknown_names_and_a_missing_teacher_are_refused(digits):
-    with pytest.raises(AutopruneError, match="unknown proxy 'distil'.*bn, distill, recon-bn, recon-distill"):
+    with pytest.raises(AutopruneError, match="unknown proxy 'distil'.*bn, distill, recon, recon-bn, recon-distill"):
         PruningSettings(proxy="distil")
     with pytest.raises(AutopruneError, match="unknown proxy 'nope'"):
         create_proxy("nope", digits)

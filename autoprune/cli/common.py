@@ -103,9 +103,10 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
     g.add_argument("--min-keep", type=float, help="smallest keep ratio of a group (default 0.1)")
     g.add_argument("--round-to", type=int, help="keep channel counts that are multiples of this, e.g. 8 (default 1)")
     g.add_argument("--proxy", metavar="NAME",
-                   help="how the proxy scores a strategy: bn (default; adaptive BN), recon-bn (least-squares "
-                        "reconstruction first), distill (distillation steps towards the base model, --proxy-steps of "
-                        "them, default 200) or recon-distill (both)")
+                   help="how the proxy scores a strategy: bn (default; adaptive BN), recon (least-squares "
+                        "reconstruction, the base model's BN statistics), recon-bn (reconstruction, then adaptive BN), "
+                        "distill (distillation steps towards the base model, --proxy-steps of them, default 200) or "
+                        "recon-distill (reconstruction, then distill)")
     g.add_argument("--proxy-measure", metavar="NAME",
                    help="what the proxy reports of its validation predictions: accuracy (default; top-1), soft (mean "
                         "probability of the true label) or kl (exp(-KL) of the base model's outputs to the pruned one's)")

@@ -28,8 +28,9 @@ class PruningSettings:
     - ``fill_budget``: spend what the action wall leaves of the budget.
     - ``reward``: the episode's reward (``REWARDS``).
     - ``proxy``: how a strategy is scored (``autoprune.task.proxy.PROXIES``): ``bn`` (adaptive BN, the
-      default), ``recon-bn`` (least-squares reconstruction first), ``distill`` (distillation steps
-      towards the base model after adaptive BN), ``recon-distill`` (both).
+      default), ``recon`` (least-squares reconstruction, scored with the base model's BN statistics),
+      ``recon-bn`` (reconstruction, then adaptive BN), ``distill`` (distillation steps towards the base
+      model after adaptive BN), ``recon-distill`` (reconstruction, then as ``distill``).
     - ``proxy_measure``: what the proxy reports of the validation predictions
       (``autoprune.task.proxy.MEASURES``): ``accuracy`` (top-1, the default), ``soft`` (mean probability
       of the true label) or ``kl`` (exp(-KL) of the base model's outputs to the pruned model's). The
@@ -41,7 +42,7 @@ class PruningSettings:
     - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
     - ``reconstruct``: calibration images for least-squares reconstruction of the layers after the
       removed channels (``PruningSpace.apply(reconstruct=...)``), for the proxy and every pruned model
-      the task builds; 0: off (the ``recon-*`` proxies still reconstruct the models they score, on
+      the task builds; 0: off (the ``recon`` proxies still reconstruct the models they score, on
       ``RECONSTRUCT_IMAGES`` images).
     - ``observation``: what the agent sees of a group (``OBSERVATIONS``): ``layer`` (normalised within
       the model, AMC's embedding) or ``transferable`` (the same meaning on any architecture).

@@ -162,7 +162,7 @@ class PruningTask:
         """The proxy's result for kept-channel counts; ``timing["prune_s"]`` receives the pruning time
         when the model has to be built (a cache miss)."""
 
-        def build() -> nn.Module:  # reconstructed where the proxy asks for it (recon-*), else as `apply` builds
+        def build() -> nn.Module:  # reconstructed where the proxy asks for it (recon, recon-*), else as `apply` builds
             t0 = time.perf_counter()
             refit = self.proxy.reconstruction if self.proxy.reconstruction is not None else self.reconstruction_batches
             model = self.space.apply(counts / self.space.channels, self.settings.criterion, reconstruct=refit)

@@ -1,0 +1,77 @@
+"""What each proxy costs per strategy, measured fairly: the proxies take turns on the same strategies
+of the fidelity yardstick, and both wall-clock and CPU seconds are recorded, so a job running beside
+the measurement weighs on every proxy alike (wall) or hardly at all (CPU, one thread).
+
+A proxy is a spec of ``experiments.score_proxies`` (``name:key=value,...``). The cost of ``bn`` on 1,000
+validation images, the proxy of the first ResNet-20 searches, is the unit the fidelity benchmark's
+"at most 3x an episode" is counted in.
+
+    python -m experiments.proxy_cost --threads 1 --per-target 4 \
+        --proxies bn bn:images=5000 recon-bn:images=5000 recon:images=5000,measure=kl
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from autoprune.task import PruningSettings, PruningTask
+from autoprune.task.task import make_proxy
+from experiments.common import TaskConfig, run_script, write_report
+from experiments.fidelity_data import read_yardstick
+from experiments.score_proxies import parse_spec, usable
+
+
+@dataclass
+class Config(TaskConfig):
+    data: str = "docs/results/fidelity_resnet20.json"  # the strategies (and base model) to time on
+    proxies: list[str] = field(default_factory=lambda: ["bn", "bn:images=5000", "recon:images=5000,measure=kl"])
+    unit: str = "bn"  # the spec every cost is relative to
+    per_target: int = 4  # strategies per target
+    threads: int = 1
+    name: str = "proxy_cost_resnet20"
+
+
+def main(cfg: Config) -> None:
+    torch.set_num_threads(cfg.threads)
+    if cfg.unit not in cfg.proxies:
+        raise SystemExit(f"--unit {cfg.unit} must be one of --proxies")
+    data = read_yardstick(cfg.data)
+    rows = usable(data["strategies"], cfg.per_target)
+    settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
+    base = PruningTask.from_checkpoint(data["checkpoint"], settings, data_dir=cfg.data_dir or None)
+    tasks = {}
+    for spec in cfg.proxies:
+        name, options = parse_spec(spec)
+        proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
+        tasks[spec] = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space,
+                                  scores=base.scores, proxy=proxy)
+        tasks[spec].score(np.ones(base.space.num_groups))  # one-off work (the teacher's logits) outside the timing
+    wall = {spec: [] for spec in cfg.proxies}
+    cpu = {spec: [] for spec in cfg.proxies}
+    for i, row in enumerate(rows, 1):
+        ratios = np.asarray(row["kept_channels"]) / base.space.channels
+        for spec, task in tasks.items():  # in turn on the same strategy
+            w0, c0 = time.perf_counter(), time.process_time()
+            task.score(ratios)
+            wall[spec].append(time.perf_counter() - w0)
+            cpu[spec].append(time.process_time() - c0)
+        print(f"{i}/{len(rows)} strategies: " + ", ".join(f"{s} {np.mean(cpu[s]):.1f} s" for s in cfg.proxies), flush=True)
+    results = {"strategies": len(rows), "unit": cfg.unit, "proxies": [
+        {"proxy": spec, "wall_s": float(np.mean(wall[spec])), "cpu_s": float(np.mean(cpu[spec])),
+         "wall_relative": float(np.mean(wall[spec]) / np.mean(wall[cfg.unit])),
+         "cpu_relative": float(np.mean(cpu[spec]) / np.mean(cpu[cfg.unit]))} for spec in cfg.proxies]}
+    lines = [f"Mean seconds per strategy over {len(rows)} strategies of `{cfg.data}` ({cfg.per_target} per target), "
+             f"the proxies in turn on each, {cfg.threads} thread(s); relative to `{cfg.unit}`.", "",
+             "| proxy | CPU s | × unit (CPU) | wall s | × unit (wall) |", "|---|---|---|---|---|"]
+    for p in results["proxies"]:
+        lines.append(f"| `{p['proxy']}` | {p['cpu_s']:.2f} | {p['cpu_relative']:.2f} | {p['wall_s']:.2f} | "
+                     f"{p['wall_relative']:.2f} |")
+    write_report(cfg.name, cfg, results, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    run_script(main, Config)
