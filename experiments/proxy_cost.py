@@ -28,11 +28,13 @@ from experiments.score_proxies import parse_spec, usable
 @dataclass
 class Config(TaskConfig):
     data: str = "docs/results/fidelity_resnet20.json"  # the strategies (and base model) to time on
+    checkpoint: str = ""  # the base model; "": the data file's
     proxies: list[str] = field(default_factory=lambda: ["bn", "bn:images=5000", "recon:images=5000,measure=kl"])
     unit: str = "bn"  # the spec every cost is relative to
     per_target: int = 4  # strategies per target
     threads: int = 1
     name: str = "proxy_cost_resnet20"
+    out_dir: str = "docs/results"
 
 
 def main(cfg: Config) -> None:
@@ -41,8 +43,10 @@ def main(cfg: Config) -> None:
         raise SystemExit(f"--unit {cfg.unit} must be one of --proxies")
     data = read_yardstick(cfg.data)
     rows = usable(data["strategies"], cfg.per_target)
+    if not rows:
+        raise SystemExit(f"{cfg.data} holds no fine-tuned strategy yet")
     settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
-    base = PruningTask.from_checkpoint(data["checkpoint"], settings, data_dir=cfg.data_dir or None)
+    base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
     tasks = {}
     for spec in cfg.proxies:
         name, options = parse_spec(spec)
@@ -70,7 +74,7 @@ def main(cfg: Config) -> None:
     for p in results["proxies"]:
         lines.append(f"| `{p['proxy']}` | {p['cpu_s']:.2f} | {p['cpu_relative']:.2f} | {p['wall_s']:.2f} | "
                      f"{p['wall_relative']:.2f} |")
-    write_report(cfg.name, cfg, results, "\n".join(lines))
+    write_report(cfg.name, cfg, results, "\n".join(lines), out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":

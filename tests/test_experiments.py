@@ -214,6 +214,17 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
         assert all(0 <= t["picks_best"] <= 1 and t["gap"] >= 0 for t in p["per_target"].values())
         assert all(0 <= report["scores"][r["id"]][p["proxy"]] <= 1 for r in rows)
 
+    # what the proxies cost, in turn on the same strategies
+    from experiments import proxy_cost
+
+    proxy_cost.main(proxy_cost.Config(data=str(out), proxies=["bn", "recon:measure=kl"], per_target=1, proxy_images=100,
+                                      data_dir="", out_dir=str(tmp_path), name="cost"))
+    cost = json.loads((tmp_path / "cost.json").read_text())["results"]
+    assert cost["strategies"] == 3 and [p["proxy"] for p in cost["proxies"]] == ["bn", "recon:measure=kl"]
+    assert cost["proxies"][0]["cpu_relative"] == pytest.approx(1.0) and cost["proxies"][1]["cpu_s"] > 0
+    with pytest.raises(SystemExit, match="--unit"):
+        proxy_cost.main(proxy_cost.Config(data=str(out), proxies=["recon"], out_dir=str(tmp_path)))
+
     # --reuse: the earlier report's scores are kept, only a new proxy is scored
     from autoprune import AutopruneError
 
