@@ -84,7 +84,7 @@ def test_recon_scores_the_reconstruction_with_the_base_models_bn_statistics(task
     # the same as recon-bn without adaptive BN, and not the same as recon-bn with it
     plain = create_proxy("recon-bn", digits, adaptive_bn=False, measure="kl", teacher=task.model)
     assert plain.score(copy.deepcopy(built)) == refit.score(strategy)
-    assert task.derive(proxy="recon-bn").score(strategy) != refit.score(strategy)
+    assert task.derive(proxy="recon-bn", proxy_measure="kl").score(strategy) != refit.score(strategy)
     assert create_proxy("recon", digits, adaptive_bn=True).adaptive_bn is False  # the setting cannot turn it on
 
 
