@@ -45,6 +45,7 @@ class Config:
     reports: list[str] = field(default_factory=lambda: ["docs/results/resnet20-cifar10/runs/policy"])
     policy: list[str] = field(default_factory=list)  # LABEL=DIR: the policy rows of another report, as LABEL
     baselines_from: list[str] = field(default_factory=list)  # earlier reports: their baseline rows
+    targets: list[float] = field(default_factory=list)  # only these targets (e.g. a bar's); empty: every one
     name: str = "policy_vs_baselines"  # docs/results/<name>.json and .md
     out_dir: str = "docs/results"
 
@@ -79,6 +80,12 @@ def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
 
 def main(cfg: Config) -> dict[str, Any]:
     rows, policies = collect(cfg)
+    if cfg.targets:
+        wanted = {round(t, 6) for t in cfg.targets}
+        rows = [r for r in rows if round(r["target"], 6) in wanted]
+        missing = wanted - {round(r["target"], 6) for r in rows}
+        if missing:
+            raise AutopruneError(f"no rows at target(s) {', '.join(f'{t:g}' for t in sorted(missing))} in the reports")
     table = {(r["method"], round(r["target"], 6)): r for r in rows}
     baselines = [m for m in methods_of([Report("", Path(), rows, None)]) if m not in policies]
     methods = [*policies, *baselines]

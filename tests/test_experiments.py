@@ -56,6 +56,9 @@ def test_config_defaults_and_overrides_parse(script):
         elif isinstance(default, str):
             value = default + "x"
             args = [flag(f), value]
+        elif isinstance(default, list) and "float" in str(f.type):
+            value = [0.3, 0.5]
+            args = [flag(f), "0.3", "0.5"]
         elif isinstance(default, list) and all(isinstance(v, str) for v in default):
             value = ["a", "b"]
             args = [flag(f), *value]
@@ -441,6 +444,10 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
     results = main(Config(reports=[new, amc], baselines_from=[own], name="pvb2", out_dir=str(tmp_path / "docs")))
     assert results["policies"] == ["policy"] and results["baselines"] == ["uniform", "global", "amc"]
     assert results["comparisons"]["policy"]["global"]["per_target"]["0.3"]["mean"] == pytest.approx(1.9667, abs=1e-3)
+    only = main(Config(reports=[new, amc], baselines_from=[own], targets=[0.5], name="pvb3", out_dir=str(tmp_path / "docs")))
+    assert only["targets"] == [0.5] and only["comparisons"]["policy"]["global"]["targets"] == 1
+    with pytest.raises(AutopruneError, match="no rows at target"):
+        main(Config(reports=[new], baselines_from=[own], targets=[0.9], out_dir=str(tmp_path / "docs")))
     with pytest.raises(AutopruneError, match="finetune_seeds: its rows are not comparable"):
         main(Config(reports=[new], baselines_from=[other], out_dir=str(tmp_path / "docs")))
     from experiments.merge_reports import merge
