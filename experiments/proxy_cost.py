@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from autoprune.task import PruningSettings, PruningTask
-from autoprune.task.task import make_proxy
 from experiments.common import TaskConfig, run_script, write_report
 from experiments.fidelity_data import read_yardstick
-from experiments.score_proxies import parse_spec, usable
+from experiments.score_proxies import base_task, parse_spec, proxy_task, usable
 
 
 @dataclass
@@ -45,14 +43,10 @@ def main(cfg: Config) -> None:
     rows = usable(data["strategies"], cfg.per_target)
     if not rows:
         raise SystemExit(f"{cfg.data} holds no fine-tuned strategy yet")
-    settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
-    base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
+    settings, base = base_task(cfg.data, data, cfg.checkpoint, cfg.data_dir, cfg.proxy_images)
     tasks = {}
     for spec in cfg.proxies:
-        name, options = parse_spec(spec)
-        proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
-        tasks[spec] = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space,
-                                  scores=base.scores, proxy=proxy)
+        tasks[spec] = proxy_task(base, settings, *parse_spec(spec))
         tasks[spec].score(np.ones(base.space.num_groups))  # one-off work (the teacher's logits) outside the timing
     wall = {spec: [] for spec in cfg.proxies}
     cpu = {spec: [] for spec in cfg.proxies}

@@ -154,9 +154,28 @@ def _reusable(path: str, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for p in results["proxies"]}
 
 
-def main(cfg: Config) -> None:
+def base_task(path: str, data: dict[str, Any], checkpoint: str, data_dir: str,
+              proxy_images: int | None) -> tuple[PruningSettings, PruningTask]:
+    """The settings of the yardstick ``data`` read from ``path`` (scoring ``proxy_images`` validation
+    images) and its base model's task, loaded from ``checkpoint`` ("": the one the yardstick names); an
+    exit when that is another model."""
     from autoprune.agents.common import fingerprint
 
+    settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=proxy_images)
+    base = PruningTask.from_checkpoint(checkpoint or data["checkpoint"], settings, data_dir=data_dir or None)
+    if fingerprint(base.model) != data["base_fingerprint"]:
+        raise SystemExit(f"{path} was made from another base model than {checkpoint or data['checkpoint']}")
+    return settings, base
+
+
+def proxy_task(base: PruningTask, settings: PruningSettings, name: str, options: dict[str, Any]) -> PruningTask:
+    """``base``'s task (model, data, space, importance scores) scored by proxy ``name`` with ``options``."""
+    changed = settings.replace(proxy=name)
+    proxy = make_proxy(changed, base.model, base.splits, **options)
+    return PruningTask(base.model, base.splits, changed, space=base.space, scores=base.scores, proxy=proxy)
+
+
+def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     data = read_yardstick(cfg.data)
     specs = [(spec, *parse_spec(spec)) for spec in cfg.proxies]
@@ -168,10 +187,7 @@ def main(cfg: Config) -> None:
     if not common:
         raise SystemExit(f"{cfg.data}: no fine-tune seed is done for every strategy yet; use --limit or wait")
     targets = [t for t in data["targets"] if any(r["target"] == t for r in rows)]
-    settings = PruningSettings.from_dict(data["settings"]).replace(proxy_images=cfg.proxy_images)
-    base = PruningTask.from_checkpoint(cfg.checkpoint or data["checkpoint"], settings, data_dir=cfg.data_dir or None)
-    if fingerprint(base.model) != data["base_fingerprint"]:
-        raise SystemExit(f"{cfg.data} was made from another base model than {cfg.checkpoint or data['checkpoint']}")
+    settings, base = base_task(cfg.data, data, cfg.checkpoint, cfg.data_dir, cfg.proxy_images)
     identity = {"base model": data["base_fingerprint"], "settings": settings.to_dict()}
     partial = Path(cfg.out_dir) / f"{cfg.name}.partial.json"  # this run's scores so far, for an interrupted run
     earlier = reusable(cfg.reuse, identity)
@@ -186,9 +202,8 @@ def main(cfg: Config) -> None:
 
     proxies, scores, seconds_so_far = [], {r["id"]: {} for r in rows}, {}
     for spec, name, options in specs:
-        proxy = make_proxy(settings.replace(proxy=name), base.model, base.splits, **options)
-        task = PruningTask(base.model, base.splits, settings.replace(proxy=name), space=base.space, scores=base.scores,
-                           proxy=proxy)
+        task = proxy_task(base, settings, name, options)
+        proxy = task.proxy
         kept = earlier.get(spec, {"scores": {}, "kept": {}, "seconds": 0.0, "report": None})
         todo = []
         for row in rows:  # a kept score counts only for the same strategy
