@@ -6,7 +6,8 @@ passes gradients straight through it (the straight-through estimator; Bengio et 
 
 The simulated scheme is the one ``autoprune.deploy.quantize`` asks ONNX Runtime for:
 
-- weights: symmetric int8 in [-127, 127], one scale per output channel (max |w| / 127);
+- weights: symmetric int8 in ONNX Runtime's reduced range [-64, 64] (``WEIGHT_QMAX``; see
+  ``autoprune.deploy.quantize`` for why), one scale per output channel (max |w| / 64);
 - activations entering every convolution and linear layer: asymmetric uint8, one scale per tensor,
   its range an exponential moving average of the batch min / max during training.
 
@@ -22,15 +23,17 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 QUANTIZED_LAYERS = (nn.Conv2d, nn.Linear)
+WEIGHT_QMAX = 64  # the largest int8 weight level with ONNX Runtime's reduce_range, which quantize asks for
 ACT_ATTR = "input_fake_quant"
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric int8 rounding of a weight tensor (a parametrization)."""
+    """Per-output-channel symmetric rounding of a weight tensor to ``WEIGHT_QMAX`` levels either side of
+    zero (a parametrization)."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = w.detach().abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True).clamp_min(1e-12) / 127
-        q = torch.clamp(torch.round(w / scale), -127, 127) * scale
+        scale = w.detach().abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True).clamp_min(1e-12) / WEIGHT_QMAX
+        q = torch.clamp(torch.round(w / scale), -WEIGHT_QMAX, WEIGHT_QMAX) * scale
         return w + (q - w).detach()  # straight-through: forward rounds, backward is the identity
 
 
