@@ -104,7 +104,7 @@ def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
         search(tmp_path, SearchConfig(episodes=10, warmup_episodes=2, seed=5), checkpoint=ckpt, progress=False, resume=True)
     state_path = tmp_path / "resume" / "state.json"
     state = json.loads(state_path.read_text())
-    del state["meta"]["config"]["settings"]["proxy_measure"]  # saved before the setting existed: reads as its default
+    del state["meta"]["config"]["settings"]["reconstruct"]  # saved before the setting existed: reads as its default
     state_path.write_text(json.dumps(state))
     config = SearchConfig(episodes=10, warmup_episodes=2, checkpoint_every=3)  # the same search, run longer
     policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
@@ -348,7 +348,7 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
     assert {f.name: f.read_bytes() for f in (tmp_path / "a").iterdir()} == written
     assert len(json.loads((tmp_path / "a" / "results.json").read_text())["rows"]) == 2
     report = json.loads((tmp_path / "a" / "results.json").read_text())
-    del report["config"]["settings"]["proxy_measure"]  # written before the setting existed
+    del report["config"]["settings"]["reconstruct"]  # written before the setting existed
     (tmp_path / "a" / "results.json").write_text(json.dumps(report))
     assert main([*uniform, "--resume"]) == 0  # it reads as the default
     assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "b")]) == 0

@@ -116,9 +116,11 @@ def test_every_reward_variant(trained_small, digits, env, reward):
 
 def test_adaptive_bn_changes_the_proxy(trained_small, digits, env):
     model, _ = trained_small
-    plain = ChannelPruningEnv(model=model, splits=digits, adaptive_bn=False, space=env.task.space)
+    adapted, plain = (ChannelPruningEnv(model=model, splits=digits, proxy="bn", adaptive_bn=flag, space=env.task.space)
+                      for flag in (True, False))
     strategy = env.task.space.uniform(0.3)
-    assert env.task.score(strategy) != plain.task.score(strategy)
+    assert adapted.task.score(strategy) != plain.task.score(strategy)
+    assert env.task.proxy.name == "recon" and not env.task.proxy.adaptive_bn  # the default keeps the BN statistics
 
 
 def test_bad_inputs_are_clear_errors(trained_small, digits, env):

@@ -11,9 +11,17 @@ import torch.nn.functional as F
 
 from autoprune import AutopruneError
 from autoprune.task import PruningSettings, PruningTask
-from autoprune.task.proxy import DISTILL_STEPS, PROXIES, AccuracyProxy, create_proxy, list_proxies
+from autoprune.task.proxy import (
+    DISTILL_STEPS,
+    PROXIES,
+    AccuracyProxy,
+    ReconstructionProxy,
+    create_proxy,
+    list_proxies,
+)
 
 STEPS = 20  # distillation steps in these tests (the default is DISTILL_STEPS)
+BN = PruningSettings(proxy="bn", proxy_measure="accuracy")  # the plain proxy the variants are derived from
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def task(trained_small, digits):
     model, _ = trained_small
-    return PruningTask(model, digits)
+    return PruningTask(model, digits, BN)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +50,12 @@ def _batches(splits):
     return BatchLoader(splits.val, 256)
 
 
-def test_registry_names_the_five_variants_and_bn_is_the_default(task):
+def test_registry_names_the_five_variants_and_recon_is_the_default(task, digits):
     assert list_proxies() == ["bn", "distill", "recon", "recon-bn", "recon-distill"]
-    assert PruningSettings().proxy == "bn"
+    assert (PruningSettings().proxy, PruningSettings().proxy_measure) == ("recon", "kl")
+    default = PruningTask(task.model, digits)
+    assert type(default.proxy) is ReconstructionProxy and default.proxy.reconstruction is not None
+    assert default.proxy.num_images == min(PruningSettings().proxy_images, len(digits.val))  # at most: fits any split
     assert type(task.proxy) is AccuracyProxy and task.proxy.name == "bn" and task.proxy.reconstruction is None
     for name in list_proxies():
         assert PROXIES.get(name).name == name
@@ -132,7 +143,7 @@ def test_cli_flag_sets_the_proxy():
 
     parser = argparse.ArgumentParser()
     settings_args(parser, "the library's")
-    assert settings_from(parser.parse_args([])).proxy == "bn"
+    assert settings_from(parser.parse_args([])).proxy == "recon"
     assert settings_from(parser.parse_args(["--proxy", "distill", "--proxy-steps", "300"])) == PruningSettings(
         proxy="distill", proxy_steps=300)
     assert settings_from(parser.parse_args([]), PruningSettings(proxy="recon-bn")).proxy == "recon-bn"
@@ -148,7 +159,7 @@ def test_distill_batches_repeat_over_epochs_when_the_steps_need_more(digits, tas
 def test_every_measure_is_in_the_unit_interval_and_kl_is_exp_minus_the_kl_to_the_base(task, strategy, digits):
     from autoprune.task.proxy import MEASURES
 
-    assert MEASURES.names() == ["accuracy", "kl", "soft"] and PruningSettings().proxy_measure == "accuracy"
+    assert MEASURES.names() == ["accuracy", "kl", "soft"] and PruningSettings().proxy_measure == "kl"
     pruned = task.apply(strategy)
     accuracy = create_proxy("bn", digits).score(copy.deepcopy(pruned))
     soft = create_proxy("bn", digits, measure="soft").score(copy.deepcopy(pruned))

@@ -15,7 +15,11 @@ def task(trained_small, digits):
 def test_settings_record_round_trips_and_reads_older_files():
     settings = PruningSettings(criterion="l2", round_to=8, prior="uniform", proxy_steps=5)
     assert PruningSettings.from_dict(settings.to_dict()) == settings
-    assert PruningSettings.from_dict({"criterion": "fpgm"}) == PruningSettings(criterion="fpgm")  # later fields: defaults
+    # later fields read as their defaults, except those whose default changed since: as they ran then
+    older = PruningSettings.from_dict({"criterion": "fpgm"})
+    assert older == PruningSettings(criterion="fpgm", proxy="bn", proxy_measure="accuracy")
+    assert (PruningSettings().proxy, PruningSettings().proxy_measure) == ("recon", "kl")
+    assert PruningSettings.from_dict({"proxy": "recon"}).proxy_measure == "accuracy"  # recorded before the measure
     assert PruningSettings.from_policy_meta({"settings": settings.to_dict()}) == settings
     # policy.json before the record: settings at the top level; options that did not exist yet were off
     legacy = {"criterion": "l1", "min_keep": 0.2, "tolerance": 0.02, "round_to": 1, "reward": "relative",
@@ -23,6 +27,7 @@ def test_settings_record_round_trips_and_reads_older_files():
     read = PruningSettings.from_policy_meta(legacy)
     assert (read.min_keep, read.proxy_images, read.proxy_steps) == (0.2, 500, 50)
     assert (read.prior, read.fill_budget, read.action_mode) == ("uniform", False, "absolute")
+    assert (read.proxy, read.proxy_measure) == ("bn", "accuracy")
     assert settings.replace(criterion=None, min_keep=0.3) == PruningSettings(criterion="l2", round_to=8, prior="uniform",
                                                                            proxy_steps=5, min_keep=0.3)
 

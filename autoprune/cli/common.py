@@ -103,14 +103,16 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
     g.add_argument("--min-keep", type=float, help="smallest keep ratio of a group (default 0.1)")
     g.add_argument("--round-to", type=int, help="keep channel counts that are multiples of this, e.g. 8 (default 1)")
     g.add_argument("--proxy", metavar="NAME",
-                   help="how the proxy scores a strategy: bn (default; adaptive BN), recon (least-squares "
-                        "reconstruction, the base model's BN statistics), recon-bn (reconstruction, then adaptive BN), "
+                   help="how the proxy scores a strategy: recon (default; least-squares reconstruction, the base "
+                        "model's BN statistics), bn (adaptive BN), recon-bn (reconstruction, then adaptive BN), "
                         "distill (distillation steps towards the base model, --proxy-steps of them, default 200) or "
                         "recon-distill (reconstruction, then distill)")
     g.add_argument("--proxy-measure", metavar="NAME",
-                   help="what the proxy reports of its validation predictions: accuracy (default; top-1), soft (mean "
-                        "probability of the true label) or kl (exp(-KL) of the base model's outputs to the pruned one's)")
-    g.add_argument("--proxy-images", type=int, help="validation images the proxy scores (default: all)")
+                   help="what the proxy reports of its validation predictions: kl (default; exp(-KL) of the base "
+                        "model's outputs to the pruned one's), accuracy (top-1) or soft (mean probability of the "
+                        "true label)")
+    g.add_argument("--proxy-images", type=int,
+                   help="validation images the proxy scores, at most (default 2000; all where the split is smaller)")
     g.add_argument("--proxy-steps", type=int,
                    help="SGD steps on training batches before the proxy scores a strategy (default 0: adaptive BN only)")
     g.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,

@@ -1,6 +1,6 @@
 """The accuracy proxy: how well a pruned model does on the held-out validation split of the training
-set, once it has been given a cheap repair -- adaptive BN (BN statistics re-estimated on a few fixed
-training batches; the default), least-squares reconstruction, a few SGD or distillation steps: a
+set, once it has been given a cheap repair -- least-squares reconstruction (the default), adaptive BN
+(BN statistics re-estimated on a few fixed training batches), a few SGD or distillation steps: a
 stand-in for the recovery fine-tune whose result the search is really after.
 
 Proxy variants are registered by name (``PROXIES``; ``create_proxy``, ``list_proxies``; the
@@ -9,12 +9,12 @@ Proxy variants are registered by name (``PROXIES``; ``create_proxy``, ``list_pro
 ============== ======================================================================================
 name           scores the pruned model ...
 ============== ======================================================================================
-bn             after adaptive BN (plus ``finetune_steps`` cross-entropy SGD steps when > 0); the default
+bn             after adaptive BN (plus ``finetune_steps`` cross-entropy SGD steps when > 0)
 recon          built with least-squares reconstruction (``autoprune.pruning.reconstruct``, on
                ``reconstruct_images`` training images, 256 by default) and scored as built: the refit
                reproduces the base model's pre-BN outputs, so its BN statistics are kept (no adaptive
-               BN). With the ``kl`` measure it ranks competitive strategies like the fine-tune best of
-               the variants measured (docs/RESULTS.md, the fidelity benchmark of issue #13)
+               BN). The default: with the ``kl`` measure it ranks competitive strategies like the
+               fine-tune best of the variants measured (docs/RESULTS.md, the fidelity benchmark)
 recon-bn       built with least-squares reconstruction, then adaptive BN
 distill        after adaptive BN, ``finetune_steps`` (default 200) SGD steps of distillation towards the
                base model's logits (KL at temperature 4, ``autoprune.training.distillation_loss``) on
@@ -28,11 +28,12 @@ What the proxy reports of the scored model's predictions on the validation image
 ============== ======================================================================================
 measure        the score in [0, 1] is ...
 ============== ======================================================================================
-accuracy       top-1 accuracy; the default
+accuracy       top-1 accuracy
 soft           the mean probability given to the true label: accuracy without its rounding to 0 or 1
                per image, so strategies a few images apart still rank by how sure they are
 kl             exp(-KL(base || pruned)) of the softmax outputs, mean KL over the images: how much of
-               the base model's function survives, the thing the distilling fine-tune restores
+               the base model's function survives, the thing the distilling fine-tune restores; the
+               default
 ============== ======================================================================================
 
 Every variant is deterministic for a strategy: the same calibration, training and validation images,
@@ -107,7 +108,7 @@ class AccuracyProxy:
     """Scores pruned models; results are cached by the strategy's kept-channel counts.
 
     :param splits: the data: validation images to score on, training images to calibrate and adapt on.
-    :param num_images: validation images scored (None: all of the split).
+    :param num_images: validation images scored, at most (None: all of the split).
     :param finetune_steps: SGD steps before scoring (``bn``: cross-entropy, 0 by default; ``distill``:
         distillation, 0 means ``DISTILL_STEPS``).
     :param reconstruct_images: calibration images of the least-squares reconstruction of the ``recon``
@@ -127,10 +128,8 @@ class AccuracyProxy:
                  finetune_lr: float = 0.01, finetune_batch_size: int = 64, reconstruct_images: int = 0,
                  teacher: nn.Module | None = None, measure: str = "accuracy") -> None:
         n_val = len(splits.val)
-        num_images = n_val if num_images is None else num_images
-        if num_images > n_val:
-            raise AutopruneError(f"proxy_images={num_images} but the validation split holds only {n_val} images; "
-                                 "use a larger --val-size or fewer proxy images")
+        # an upper bound, so that the default fits any data set; `num_images` records what is scored
+        num_images = n_val if num_images is None else min(num_images, n_val)
         if num_images < MIN_PROXY_IMAGES:
             raise AutopruneError(f"the validation split for the proxy is too small ({num_images} images); "
                                  f"use at least {MIN_PROXY_IMAGES}")

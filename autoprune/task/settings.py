@@ -13,6 +13,10 @@ from typing import Any
 
 from autoprune.errors import AutopruneError
 
+# What ran before a setting existed, where its default has changed since: a record without the field
+# was scored this way.
+BEFORE_THE_FIELD: dict[str, Any] = {"proxy": "bn", "proxy_measure": "accuracy"}
+
 
 @dataclass(frozen=True)
 class PruningSettings:
@@ -27,16 +31,22 @@ class PruningSettings:
     - ``prior``: where an ``offset`` action of 0 lands (``PRIORS``).
     - ``fill_budget``: spend what the action wall leaves of the budget.
     - ``reward``: the episode's reward (``REWARDS``).
-    - ``proxy``: how a strategy is scored (``autoprune.task.proxy.PROXIES``): ``bn`` (adaptive BN, the
-      default), ``recon`` (least-squares reconstruction, scored with the base model's BN statistics),
+    - ``proxy``: how a strategy is scored (``autoprune.task.proxy.PROXIES``): ``recon`` (least-squares
+      reconstruction, scored with the base model's BN statistics; the default), ``bn`` (adaptive BN),
       ``recon-bn`` (reconstruction, then adaptive BN), ``distill`` (distillation steps towards the base
       model after adaptive BN), ``recon-distill`` (reconstruction, then as ``distill``).
     - ``proxy_measure``: what the proxy reports of the validation predictions
-      (``autoprune.task.proxy.MEASURES``): ``accuracy`` (top-1, the default), ``soft`` (mean probability
-      of the true label) or ``kl`` (exp(-KL) of the base model's outputs to the pruned model's). The
+      (``autoprune.task.proxy.MEASURES``): ``kl`` (exp(-KL) of the base model's outputs to the pruned
+      model's; the default), ``accuracy`` (top-1) or ``soft`` (mean probability of the true label). The
       value the proxy reports, in [0, 1], is what records and progress call "proxy accuracy" whichever
       measure made it.
-    - ``proxy_images``: validation images the proxy scores (None: all of the split).
+    - ``proxy_images``: validation images the proxy scores, at most (the whole split where it holds
+      fewer; None: all of it).
+
+    The default proxy (``recon``, ``kl``, 2,000 images) is the one that ranked 60 competitive ResNet-20
+    strategies most like their fine-tuned accuracy within 3x the cost of adaptive BN on 1,000 images
+    (docs/RESULTS.md). Records written before a setting existed read it as it was then
+    (``BEFORE_THE_FIELD``), not as today's default.
     - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy (``bn``:
       cross-entropy steps, 0 by default; ``distill`` variants: distillation steps, 0 meaning their default).
     - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
@@ -56,14 +66,14 @@ class PruningSettings:
     prior: str = "global"
     fill_budget: bool = True
     reward: str = "relative"
-    proxy_images: int | None = None
+    proxy_images: int | None = 2000
     proxy_steps: int = 0
     adaptive_bn: bool = True
     calib_batches: int = 4
     observation: str = "layer"
     reconstruct: int = 0
-    proxy: str = "bn"
-    proxy_measure: str = "accuracy"
+    proxy: str = "recon"
+    proxy_measure: str = "kl"
 
     def __post_init__(self) -> None:
         from autoprune.pruning import list_criteria
@@ -102,9 +112,10 @@ class PruningSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PruningSettings:
-        """Read a stored record; a setting added after it was written reads as its default."""
+        """Read a stored record; a setting added after it was written reads as the value that ran then
+        (``BEFORE_THE_FIELD``) or, for the others, as its default."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{**BEFORE_THE_FIELD, **{k: v for k, v in values.items() if k in known}})
 
     @classmethod
     def normalized(cls, record: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +130,7 @@ class PruningSettings:
         existed ran without it (no budget fill, a uniform prior, AMC's absolute actions)."""
         if "settings" in meta:
             return cls.from_dict(meta["settings"])
-        legacy = {"fill_budget": False, "prior": "uniform", "action_mode": "absolute"}
+        legacy = {"fill_budget": False, "prior": "uniform", "action_mode": "absolute", **BEFORE_THE_FIELD}
         values = {f.name: meta.get(f.name, legacy.get(f.name, f.default)) for f in fields(cls)}
         values["proxy_steps"] = meta.get("proxy_finetune_steps", 0)
         return cls(**values)
