@@ -9,9 +9,10 @@
 # settings (targets, recipe, proxy) starts afresh: remove POLICY, POLICY_SEED1 and REPORT first, or point
 # them elsewhere.
 #
-# Three steps, each one process of one thread (STEPS picks; run two at a time on two cores): `policy`
-# (search seed 0 and its evaluation), `seed1` (search seed 1 and its evaluation) and `amc`. The reports
-# are merged once all three are done.
+# Five steps, each one process of one thread (STEPS picks; run two at a time on two cores): `policy`
+# (search seed 0 and its evaluation), `seed1` (search seed 1 and its evaluation) and `amc-0.3`,
+# `amc-0.5`, `amc-0.7` (AMC's search and fine-tunes at one target, about an hour each: a step that
+# fits between interruptions). The reports are merged once all five are done.
 #
 # This is the third run (v3): the proxy chosen by the fidelity benchmark of issue #13 (the best-ranking one
 # within 3x the cost of the first runs' episode): least-squares reconstruction on 256 training images,
@@ -34,7 +35,8 @@ BASELINES_FROM=${BASELINES_FROM-docs/results/resnet20-cifar10-v2/runs/policy}
 AP=${AP:-.venv/bin/autoprune}
 PY=${PY:-.venv/bin/python}
 TARGETS=${TARGETS:-0.25,0.3,0.42,0.5,0.63,0.7}
-STEPS=${STEPS:-policy seed1 amc}  # which of the three processes to run; the reports are merged once all are done
+AMC_TARGETS=(0.3 0.5 0.7)
+STEPS=${STEPS:-policy seed1 ${AMC_TARGETS[*]/#/amc-}}  # which processes to run; the reports are merged once all are done
 SEEDS=${SEEDS:-3}  # every fine-tune is repeated with this many seeds: mean ± std per row
 FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" ${PRECISION:+--precision "$PRECISION"} --seed 0)
 
@@ -66,26 +68,28 @@ seed1_run() {
     evaluate_policy "$POLICY_SEED1" "" "$REPORT/search-seed1"
 }
 
-amc_run() {
+amc_run() {  # amc_run TARGET
     $AP --threads 1 evaluate --checkpoint "$CKPT" --data-dir "$DATA" "${PROXY_ARGS[@]}" \
-        --targets 0.3,0.5,0.7 --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" \
-        --out "$REPORT/runs/amc" $(resumable "$REPORT/runs/amc")
+        --targets "$1" --baselines amc --baseline-episodes "$EPISODES" "${FT[@]}" \
+        --out "$REPORT/runs/amc-$1" $(resumable "$REPORT/runs/amc-$1")
 }
 
 mkdir -p logs
 pids=()
 for step in $STEPS; do
     case $step in
-        policy|seed1|amc) "${step}_run" > "logs/resnet20-v3-$step.log" 2>&1 & pids+=("$step:$!") ;;
-        *) echo "unknown step '$step' in STEPS: use policy, seed1 and/or amc" >&2; exit 2 ;;
+        policy|seed1) "${step}_run" > "logs/resnet20-v3-$step.log" 2>&1 & pids+=("$step:$!") ;;
+        amc-0.3|amc-0.5|amc-0.7) amc_run "${step#amc-}" > "logs/resnet20-v3-$step.log" 2>&1 & pids+=("$step:$!") ;;
+        *) echo "unknown step '$step' in STEPS: use policy, seed1, amc-0.3, amc-0.5 and/or amc-0.7" >&2; exit 2 ;;
     esac
 done
 for entry in "${pids[@]}"; do
     wait "${entry#*:}" || { echo "${entry%%:*} run failed: see logs/resnet20-v3-${entry%%:*}.log" >&2; exit 1; }
 done
-[ "${#pids[@]}" -eq 3 ] || {  # a finished step returns at once when run again, so all three steps merge
-    echo "not merged: run the script with all three steps (the default STEPS) to finish" >&2; exit 0; }
+[ "${#pids[@]}" -eq 5 ] || {  # a finished step returns at once when run again, so all five steps merge
+    echo "not merged: run the script with all five steps (the default STEPS) to finish" >&2; exit 0; }
 baselines=(${BASELINES_FROM:+--baselines-from "$BASELINES_FROM"})
-$PY -m experiments.merge_reports "$REPORT/runs/policy" "$REPORT/runs/amc" "${baselines[@]}" --out "$REPORT"
-$PY -m experiments.policy_vs_baselines --reports "$REPORT/runs/policy" "$REPORT/runs/amc" "${baselines[@]}" \
+amc=("${AMC_TARGETS[@]/#/$REPORT/runs/amc-}")
+$PY -m experiments.merge_reports "$REPORT/runs/policy" "${amc[@]}" "${baselines[@]}" --out "$REPORT"
+$PY -m experiments.policy_vs_baselines --reports "$REPORT/runs/policy" "${amc[@]}" "${baselines[@]}" \
     --policy "search seed 1=$REPORT/search-seed1" --out-dir "$REPORT" --name policy_vs_baselines
