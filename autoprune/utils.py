@@ -122,6 +122,24 @@ def hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def describe_differences(saved: dict[str, Any], now: dict[str, Any], limit: int = 3) -> str:
+    """Which entries of two records differ, nested keys joined by dots, e.g. ``settings.proxy: 'bn' saved,
+    'recon' now``: what a refused resume tells the user to change."""
+    def flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in record.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a, b = flat(saved), flat(now)
+    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+    parts = [f"{k}: {a.get(k)!r} saved, {b.get(k)!r} now" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

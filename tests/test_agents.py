@@ -100,7 +100,7 @@ def test_resume_continues_where_the_search_stopped(trained_small, tmp_path):
     assert sigma == pytest.approx([0.5 * 0.99 ** 4])  # decayed once per episode after the 2 warm-up episodes
     with pytest.raises(AutopruneError, match="--resume"):
         search(tmp_path, config, checkpoint=ckpt, progress=False)
-    with pytest.raises(AutopruneError, match="other base model or settings"):
+    with pytest.raises(AutopruneError, match="other base model or settings.*seed: 0 saved, 5 now"):  # says what differs
         search(tmp_path, SearchConfig(episodes=10, warmup_episodes=2, seed=5), checkpoint=ckpt, progress=False, resume=True)
     state_path = tmp_path / "resume" / "state.json"
     state = json.loads(state_path.read_text())
@@ -333,7 +333,7 @@ def test_ctrl_c_saves_the_search_and_resume_finishes_it(trained_small, tmp_path,
     assert policy.meta["episodes"] == 8
 
 
-def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_small, tmp_path):
+def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_small, tmp_path, capsys):
     from autoprune.checkpoint import load_model, save_model
     from experiments.merge_reports import main as merge_main
 
@@ -351,6 +351,8 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
     del report["config"]["settings"]["reconstruct"]  # written before the setting existed
     (tmp_path / "a" / "results.json").write_text(json.dumps(report))
     assert main([*uniform, "--resume"]) == 0  # it reads as the default
+    assert main([*uniform, "--resume", "--proxy", "bn"]) == 2  # other settings are refused, naming the difference
+    assert "settings.proxy: 'recon' saved, 'bn' now" in capsys.readouterr().err
     assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "b")]) == 0
 
     out = tmp_path / "merged"
@@ -522,3 +524,12 @@ def test_paired_verdicts_resolve_a_difference_only_beyond_two_standard_errors():
     # beyond two standard errors, but inside t(0.975, 2) = 4.3 of them: three seeds do not resolve it
     assert lines[1].startswith("target 0.40: policy - uniform = +0.30 ± 0.12") and "not resolved" in lines[1]
     assert lines[2].startswith("target 0.50: policy - uniform = +0.10 ± 0.60") and "not resolved" in lines[2]
+
+
+def test_a_refused_resume_names_what_differs():
+    from autoprune.utils import describe_differences
+
+    saved = {"seed": 0, "settings": {"proxy": "bn", "min_keep": 0.1}, "episodes": 10}
+    assert describe_differences(saved, {**saved, "settings": {"proxy": "recon", "min_keep": 0.1}}) == (
+        "settings.proxy: 'bn' saved, 'recon' now")
+    assert describe_differences(saved, {"seed": 1}, limit=2) == "episodes: 10 saved, None now; seed: 0 saved, 1 now; and 2 more"

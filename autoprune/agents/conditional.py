@@ -34,7 +34,7 @@ from autoprune.envs import ChannelPruningEnv
 from autoprune.envs.channel_pruning import SHARED_OBSERVATIONS, check_shared_observation, check_shared_rules
 from autoprune.errors import AutopruneError
 from autoprune.task import PruningSettings, PruningTask, make_task
-from autoprune.utils import read_json, versions
+from autoprune.utils import describe_differences, read_json, versions
 
 
 @dataclass
@@ -303,7 +303,8 @@ def search(
         elif saved[0] != meta["base_fingerprint"]:
             raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume")
         if _resumable(state["meta"]["config"]) != _resumable(meta["config"]):
-            raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume")
+            raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume "
+                                 f"({describe_differences(_resumable(state['meta']['config']), _resumable(meta['config']))})")
         if "init_policy" in state["meta"]:
             meta["init_policy"] = state["meta"]["init_policy"]
         agent = load_agent(config.agent, resume_dir / "agent.zip", env, state["noise_sigma"])

@@ -217,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from autoprune.agents.evaluate import evaluate_methods, markdown_table, write_report
     from autoprune.agents.report import read_report
     from autoprune.task import PruningSettings
-    from autoprune.utils import check_output_dir
+    from autoprune.utils import check_output_dir, describe_differences
 
     targets = parse_list(args.targets)
     baselines = parse_names(args.baselines, "--baselines", allow_empty=True)  # "": the policy alone
@@ -251,8 +251,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             saved_config["settings"] = PruningSettings.normalized(saved_config["settings"])
         # an option added in a later version reads as its default (None) in older reports
         if any(saved_config.get(k) != config.get(k) for k in {*saved_config, *config}):
-            raise AutopruneError(f"{previous} was written with other settings or another base model; "
-                                 "use the same ones to --resume, or write to a new --out")
+            raise AutopruneError(f"{previous} was written with other settings or another base model; use the same "
+                                 f"ones to --resume, or write to a new --out ({describe_differences(saved_config, config)})")
         done, started = saved["rows"], saved.get("started", [])
         needed = {"method", "target", "kept_channels", "exact_strategy", "rebuild", "seed_accuracies"}
         if not isinstance(started, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in started):
