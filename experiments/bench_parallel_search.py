@@ -21,11 +21,11 @@ from stable_baselines3 import TD3
 from autoprune.agents import SearchConfig, search
 from autoprune.agents.parallel import connect, disconnect
 from autoprune.task import PruningTask
-from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
+from experiments.common import ProxyTaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
-class Config(TaskConfig):
+class Config(ProxyTaskConfig):
     proxy_images: int = 2000
     workers: int = 2
     episodes: int = 40

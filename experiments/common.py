@@ -23,7 +23,7 @@ from autoprune.utils import versions, write_text_atomic
 
 if TYPE_CHECKING:
     from autoprune.data import DataSplits
-    from autoprune.task import PruningTask
+    from autoprune.task import PruningSettings, PruningTask
 
 
 @dataclasses.dataclass
@@ -36,12 +36,27 @@ class TaskConfig:
     threads: int = 1  # CPU threads for torch
 
 
-def checkpoint_task(cfg: TaskConfig) -> PruningTask:
-    """The pruning task of ``cfg.checkpoint``'s model, with the data set and validation split it was trained on."""
-    from autoprune.task import PruningSettings, PruningTask
+@dataclasses.dataclass
+class ProxyTaskConfig(TaskConfig):
+    """``TaskConfig`` for an experiment that scores strategies with one proxy, recorded in its report."""
 
-    return PruningTask.from_checkpoint(cfg.checkpoint, PruningSettings(proxy_images=cfg.proxy_images),
-                                       data_dir=cfg.data_dir or None)
+    # the proxy these benchmarks were measured with (adaptive BN, top-1): the library's default until
+    # the fidelity benchmark chose recon with kl; pass --proxy recon --proxy-measure kl for today's
+    proxy: str = "bn"
+    proxy_measure: str = "accuracy"
+
+    def settings(self) -> PruningSettings:
+        """The library's settings with this experiment's proxy."""
+        from autoprune.task import PruningSettings
+
+        return PruningSettings(proxy_images=self.proxy_images, proxy=self.proxy, proxy_measure=self.proxy_measure)
+
+
+def checkpoint_task(cfg: ProxyTaskConfig) -> PruningTask:
+    """The pruning task of ``cfg.checkpoint``'s model, with the data set and validation split it was trained on."""
+    from autoprune.task import PruningTask
+
+    return PruningTask.from_checkpoint(cfg.checkpoint, cfg.settings(), data_dir=cfg.data_dir or None)
 
 
 def run_script(main: Callable[[Any], Any], config: type) -> None:

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from autoprune.agents import SearchConfig, search
-from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
+from experiments.common import ProxyTaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
-class Config(TaskConfig):
+class Config(ProxyTaskConfig):
     data_dir: str = ""  # data folder when the checkpoint's data set needs one
     agents: str = "ddpg,td3,sac,ppo"
     rewards: str = "relative"

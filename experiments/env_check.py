@@ -12,12 +12,12 @@ from autoprune import models
 from autoprune.checkpoint import load_model
 from autoprune.data import load_splits
 from autoprune.envs import ChannelPruningEnv
-from autoprune.task import PruningSettings, PruningTask
-from experiments.common import TaskConfig, run_script, write_report
+from autoprune.task import PruningTask
+from experiments.common import ProxyTaskConfig, run_script, write_report
 
 
 @dataclass
-class Config(TaskConfig):
+class Config(ProxyTaskConfig):
     checkpoint: str = ""  # a trained model; empty = random init (the budget rule and timings do not depend on weights)
     proxy_images: int = 500
     arch: str = "resnet20"
@@ -32,7 +32,7 @@ def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     splits = load_splits(cfg.data, cfg.data_dir)
     model = load_model(cfg.checkpoint)[0] if cfg.checkpoint else models.create(cfg.arch, splits.num_classes)
-    task = PruningTask(model, splits, PruningSettings(proxy_images=cfg.proxy_images))
+    task = PruningTask(model, splits, cfg.settings())
     env = ChannelPruningEnv(task, target_range=(cfg.target_low, cfg.target_high))
     env.action_space.seed(cfg.seed)
     met, gaps, episode_s, forward_s, prune_s = 0, [], [], [], []

@@ -37,7 +37,7 @@ from autoprune.recovery import FinetuneRecipe, calibration_batches, finetuned_te
 from autoprune.task import PruningSettings, PruningTask
 from autoprune.training import evaluate, recalibrate_bn
 from autoprune.utils import hms, read_json
-from experiments.common import TaskConfig, run_script, save_report, smoke_splits, spearman
+from experiments.common import ProxyTaskConfig, run_script, save_report, smoke_splits, spearman
 
 FORMAT = "autoprune.fidelity/1"
 GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "rollout_noise", "search_episodes",
@@ -45,7 +45,7 @@ GENERATION_FIELDS = ("policy", "targets", "per_target", "sources", "rollouts", "
 
 
 @dataclass
-class Config(TaskConfig):
+class Config(ProxyTaskConfig):
     policy: str = "policies/resnet20-cifar10"  # "": no policy rollouts
     targets: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
     per_target: int = 20  # strategies per target (more when the searches alone find more)
@@ -228,7 +228,7 @@ def main(cfg: Config) -> None:
     torch.set_num_threads(cfg.threads)
     path = Path(cfg.out)
     results = load(path, cfg)
-    settings = PruningSettings(proxy_images=cfg.proxy_images)
+    settings = cfg.settings()
     policy = None
     if cfg.policy and results is None:
         from autoprune.agents import load_policy

@@ -17,11 +17,11 @@ from scipy.stats import spearmanr
 from autoprune.data import DataSplits
 from autoprune.task import AccuracyProxy
 from autoprune.training import TrainConfig, evaluate, fit
-from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
+from experiments.common import ProxyTaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
-class Config(TaskConfig):
+class Config(ProxyTaskConfig):
     proxy_images: int = 5000
     threads: int = 2
     target: float = 0.5

@@ -18,11 +18,11 @@ from scipy.stats import spearmanr
 
 from autoprune.agents.report import read_report
 from autoprune.task import AccuracyProxy
-from experiments.common import TaskConfig, checkpoint_task, run_script, write_report
+from experiments.common import ProxyTaskConfig, checkpoint_task, run_script, write_report
 
 
 @dataclass
-class Config(TaskConfig):
+class Config(ProxyTaskConfig):
     report: str = "docs/results/resnet20-cifar10"
     steps: str = "0,50,200"  # SGD steps before scoring; 0 = adaptive BN only
     name: str = "proxy_ranking_resnet20"
