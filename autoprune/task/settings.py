@@ -42,11 +42,6 @@ class PruningSettings:
       measure made it.
     - ``proxy_images``: validation images the proxy scores, at most (the whole split where it holds
       fewer; None: all of it).
-
-    The default proxy (``recon``, ``kl``, 2,000 images) is the one that ranked 60 competitive ResNet-20
-    strategies most like their fine-tuned accuracy within 3x the cost of adaptive BN on 1,000 images
-    (docs/RESULTS.md). Records written before a setting existed read it as it was then
-    (``BEFORE_THE_FIELD``), not as today's default.
     - ``proxy_steps``: SGD steps on training batches before the proxy scores a strategy (``bn``:
       cross-entropy steps, 0 by default; ``distill`` variants: distillation steps, 0 meaning their default).
     - ``adaptive_bn``: re-estimate BN statistics before scoring; ``calib_batches`` training batches for it.
@@ -56,6 +51,11 @@ class PruningSettings:
       ``RECONSTRUCT_IMAGES`` images).
     - ``observation``: what the agent sees of a group (``OBSERVATIONS``): ``layer`` (normalised within
       the model, AMC's embedding) or ``transferable`` (the same meaning on any architecture).
+
+    The default proxy (``recon``, ``kl``, 2,000 images) is the one that ranked 60 competitive ResNet-20
+    strategies most like their fine-tuned accuracy within 3x the cost of adaptive BN on 1,000 images
+    (docs/RESULTS.md). Records written before a setting existed read it as it was then
+    (``BEFORE_THE_FIELD``), not as today's default.
     """
 
     criterion: str = "l1"
