@@ -182,8 +182,8 @@ def test_evaluate_interrupted_during_fine_tunes_resumes_without_a_search_or_fine
             raise KeyboardInterrupt
         return real_tune(job, **kwargs)
 
-    def create(name):
-        searcher = real_create(name)
+    def create(name, work_dir=None):
+        searcher = real_create(name, work_dir)
         search_once = searcher.search
 
         def counted(*args, **kwargs):
@@ -533,3 +533,53 @@ def test_a_refused_resume_names_what_differs():
     assert describe_differences(saved, {**saved, "settings": {"proxy": "recon", "min_keep": 0.1}}) == (
         "settings.proxy: 'bn' saved, 'recon' now")
     assert describe_differences(saved, {"seed": 1}, limit=2) == "episodes: 10 saved, None now; seed: 0 saved, 1 now; and 2 more"
+
+
+def test_an_interrupted_amc_search_continues_from_its_work_dir(task, tmp_path, monkeypatch):
+    from autoprune.agents.baselines import AMC
+    from autoprune.envs.channel_pruning import ChannelPruningEnv as Env
+
+    monkeypatch.setattr(AMC, "CHECKPOINT_EVERY", 3)
+    original, calls = Env._finish, {"n": 0}
+
+    def interrupt_on_fifth(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Env, "_finish", interrupt_on_fifth)
+    work = tmp_path / "searches"
+    with pytest.raises(AutopruneError, match="interrupted after 4 episodes"):
+        create_searcher("amc", work_dir=work).search(task, 0.5, episodes=8, seed=3)
+    monkeypatch.setattr(Env, "_finish", original)
+    kept = work / "amc-0.5"
+    assert json.loads((kept / "policy.json").read_text())["episodes"] == 4
+    replay = kept / "resume" / "replay.pkl"
+    assert replay.stat().st_size < 200_000  # the filled part only, not the 200,000 preallocated transitions
+    result = create_searcher("amc", work_dir=work).search(task, 0.5, episodes=8, seed=3)
+    assert in_budget(task.space.flops_ratio(result.strategy), 0.5)
+    assert json.loads((kept / "policy.json").read_text())["episodes"] == 8
+    assert len((kept / "progress.csv").read_text().splitlines()) == 1 + 8  # continued, not started again
+    with pytest.raises(AutopruneError, match="use the same ones to resume.*min_keep"):  # other settings are refused
+        create_searcher("amc", work_dir=work).search(task.derive(min_keep=0.2), 0.5, episodes=8, seed=3)
+
+
+def test_the_replay_buffer_saves_its_filled_part_and_loads_back_whole():
+    import pickle
+
+    from gymnasium import spaces
+
+    from autoprune.agents.common import EpisodeRewardReplayBuffer
+
+    buffer = EpisodeRewardReplayBuffer(1000, spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (1,)), device="cpu")
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        buffer.add(rng.random((1, 3)), rng.random((1, 3)), rng.random((1, 1)), np.array([0.5]),
+                   np.array([step == 4]), [{}])
+    saved = pickle.dumps(buffer)
+    assert len(saved) < buffer.observations.nbytes  # the 995 empty transitions are not written
+    loaded = pickle.loads(saved)
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        assert np.array_equal(getattr(loaded, name), getattr(buffer, name)), name
+    assert (loaded.pos, loaded.full, loaded.buffer_size) == (5, False, 1000)

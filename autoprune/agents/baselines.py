@@ -31,7 +31,9 @@ tp-global  Torch-Pruning's own global pruning (MagnitudeImportance, global_pruni
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +44,9 @@ from autoprune.task import PruningTask
 __all__ = ["SEARCHERS", "SearchResult", "Searcher", "create_searcher", "list_searchers"]
 
 
-def create_searcher(name: str) -> Searcher:
-    return SEARCHERS.get(name)()
+def create_searcher(name: str, work_dir: str | Path | None = None) -> Searcher:
+    """The searcher registered as ``name``; ``work_dir``: where a resumable one keeps its progress."""
+    return SEARCHERS.get(name)(work_dir=work_dir)
 
 
 def list_searchers() -> list[str]:
@@ -160,19 +163,29 @@ class Sensitivity(Searcher):
 
 @SEARCHERS.register("amc")
 class AMC(Searcher):
-    """AMC (He et al. 2018): one DDPG search per target in the same task with the target fixed and AMC's accuracy reward."""
+    """AMC (He et al. 2018): one DDPG search per target in the same task with the target fixed and AMC's
+    accuracy reward. With a ``work_dir`` the search of target ``t`` is checkpointed in
+    ``work_dir/amc-<t>`` every ``CHECKPOINT_EVERY`` episodes and continues from there when run again."""
 
     searches = True
+    resumable = True
     summary = "AMC (He et al. 2018): one DDPG search per target"
+    CHECKPOINT_EVERY = 25  # episodes between saves of a search with a work_dir
 
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
         from autoprune.agents.conditional import SearchConfig, search
 
-        config = SearchConfig(agent="ddpg", episodes=max(episodes, 2), target_low=target, target_high=target,
-                              seed=int(rng.integers(1 << 30)), checkpoint_every=max(episodes, 2))
+        episodes = max(episodes, 2)
+        config = SearchConfig(agent="ddpg", episodes=episodes, target_low=target, target_high=target,
+                              seed=int(rng.integers(1 << 30)),
+                              checkpoint_every=episodes if self.work_dir is None else min(self.CHECKPOINT_EVERY, episodes))
         amc_task = task.derive(reward="accuracy")
-        with tempfile.TemporaryDirectory() as tmp:
-            policy = search(tmp, config, task=amc_task, progress=False)
+        with contextlib.ExitStack() as stack:
+            if self.work_dir is None:
+                out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            else:
+                out = self.work_dir / f"amc-{target:g}"
+            policy = search(out, config, task=amc_task, progress=False, resume=(out / "resume" / "agent.zip").exists())
             explored = [b["strategy"] for b in policy.meta["best_per_target_bin"].values()]
         candidates = [np.asarray(s) for s in explored] + [policy.strategy(target)]
         best = max(candidates, key=task.score)

@@ -31,9 +31,32 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     With several environments each one's episode is tracked on its own (column ``env`` of the buffer).
     """
 
+    # per-transition arrays, preallocated for buffer_size transitions (200,000: tens of MB)
+    _STORED = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._episode_positions: list[list[int]] = [[] for _ in range(self.n_envs)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # saved (a search's resume file) trimmed to the filled part, so that the file grows with the
+        # search, not with buffer_size, and a search's progress is small enough to keep with its results
+        state = self.__dict__.copy()
+        if not self.full:
+            used = min(self.pos + 1, self.buffer_size)  # + 1: the next observation of a memory-optimised buffer
+            for name in self._STORED:
+                if isinstance(state.get(name), np.ndarray):
+                    state[name] = state[name][:used].copy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in self._STORED:  # back to full size; a buffer saved whole reads as it is
+            array = state.get(name)
+            if isinstance(array, np.ndarray) and len(array) < state["buffer_size"]:
+                full = np.zeros((state["buffer_size"], *array.shape[1:]), dtype=array.dtype)
+                full[:len(array)] = array
+                state[name] = full
+        self.__dict__.update(state)
 
     def _positions(self) -> list[list[int]]:
         # a buffer saved by a single-environment version holds one flat list

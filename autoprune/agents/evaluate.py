@@ -58,6 +58,7 @@ def evaluate_methods(
     on_save: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
     workers: int = 1,
     address: str | None = None,
+    work_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of the comparison table; every method gets the same fine-tune (``recipe``; None: no fine-tune).
 
@@ -72,6 +73,8 @@ def evaluate_methods(
     after every finished fine-tune and every new row, e.g. to save progress.
     ``workers`` > 1 (or a Ray cluster ``address``) runs the fine-tunes of each target's rows in parallel
     on Ray, one thread each; the rows equal a serial run's with one torch thread.
+    ``work_dir``: where resumable baselines (AMC's per-target searches) keep their progress, so that an
+    interrupted search continues when the evaluation is run again (None: nothing is kept).
     """
     if finetune_seeds < 1:
         raise AutopruneError(f"finetune_seeds must be >= 1, got {finetune_seeds}")
@@ -107,7 +110,7 @@ def evaluate_methods(
 
         methods.append(("policy", query))
     for name in baselines:
-        searcher = create_searcher(name)
+        searcher = create_searcher(name, work_dir=None if work_dir is None else Path(work_dir) / name)
 
         def run(t: float, searcher=searcher) -> SearchResult:  # type: ignore[no-untyped-def]
             return searcher.search(task, t, baseline_episodes, seed)

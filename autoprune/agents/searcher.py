@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch.nn as nn
@@ -28,11 +29,19 @@ class SearchResult:
 
 
 class Searcher:
-    """Finds a strategy for one target. ``episodes`` is the budget of proxy evaluations."""
+    """Finds a strategy for one target. ``episodes`` is the budget of proxy evaluations.
+
+    :param work_dir: where a ``resumable`` searcher keeps its progress, one folder per target, and
+        continues from it when run again (None: nothing is kept).
+    """
 
     name = "base"
     summary = ""  # one line for `autoprune methods`
     searches = False  # whether it searches on the proxy (so its cost is reported beside the policy's)
+    resumable = False  # whether it keeps its progress in ``work_dir`` and continues from it
+
+    def __init__(self, work_dir: str | Path | None = None) -> None:
+        self.work_dir = None if work_dir is None else Path(work_dir)
 
     def search(self, task: PruningTask, target: float, episodes: int = 100, seed: int = 0) -> SearchResult:
         t0 = time.perf_counter()

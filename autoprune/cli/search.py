@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     seed_arg(p)
     workers_args(p, "fine-tunes run at once, each in a Ray worker with one thread")
     p.add_argument("--out", required=True, help="report directory (rewritten after every row)")
-    p.add_argument("--resume", action="store_true", help="keep the rows already in --out/results.json and compute the rest")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --out/results.json and compute the rest; AMC's searches continue "
+                        "from their last save in --out/searches/ (every 25 episodes)")
 
     p = sub.add_parser("report", help="join evaluate reports of several architectures into one table and figure")
     p.add_argument("reports", nargs="+", help="report directories written by `autoprune evaluate`")
@@ -259,12 +262,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise AutopruneError(f"{previous} has damaged 'started' rows; delete that key to compute those rows again")
         print(f"resuming: {len(done)} rows already in {previous}"
               + (f", and {sum(len(r['seed_accuracies']) for r in started)} fine-tunes of {len(started)} more" if started else ""))
+    searches = Path(args.out) / "searches"  # AMC's per-target searches in progress
+    if not args.resume and searches.is_dir():
+        shutil.rmtree(searches)  # a report started afresh searches afresh
     rows = evaluate_methods(task, targets, policy, baselines, baseline_episodes=args.baseline_episodes, recipe=recipe,
                             seed=args.seed,
                             policy_best_of=args.policy_best_of, finetune_seeds=args.finetune_seeds or 1, done=done,
                             started=started, on_save=lambda rows, started: write_report(rows, args.out, config, base, started),
                             workers=args.workers,
-                            address=args.address)
+                            address=args.address, work_dir=searches)
     print(markdown_table(rows))
     if len(rows) == len(done):  # a finished report resumed: on_save never ran, its files (and date) stay as they are
         print(f"nothing left to compute: {args.out} is unchanged")
