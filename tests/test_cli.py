@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -126,5 +127,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert (tmp_path / "demo" / "base.pt").exists() and (tmp_path / "demo" / "policy" / "policy.json").exists()
     assert (tmp_path / "demo" / "report" / "pareto.png").exists()
+    settings = json.loads((tmp_path / "demo" / "policy" / "policy.json").read_text())["settings"]
+    assert (settings["proxy"], settings["proxy_measure"]) == ("bn", "accuracy")  # the demo's, not the library's
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith(("| policy", "| uniform"))]
     assert len(rows) == 6 and all(float(r[2]) <= float(r[1]) for r in rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune.cli.common import command, data_args, precision_arg, seed_arg
+from autoprune.cli.common import command, data_args, precision_arg, seed_arg, settings_args, settings_from
 from autoprune.errors import AutopruneError
 
 
@@ -42,6 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/demo", help="where the demo writes its models and report")
     p.add_argument("--episodes", type=int, default=300, help="search episodes")
     seed_arg(p)
+    settings_args(p, "the demo's: --proxy bn --proxy-measure accuracy, suited to its tiny model")
 
     p = sub.add_parser("info", help="per-layer channels, FLOPs and parameters of a model file, against its dense architecture")
     p.add_argument("model", help="an autoprune model file (.pt)")
@@ -59,9 +60,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> None:
-    from autoprune.demo import run_demo
+    from autoprune.demo import DEMO_SETTINGS, run_demo
 
-    run_demo(args.out, args.seed, args.episodes)
+    run_demo(args.out, args.seed, args.episodes, settings_from(args, DEMO_SETTINGS))
 
 
 @command("criteria")
