@@ -16,7 +16,8 @@ PY=${PY:-.venv/bin/python}
 FT=(--finetune-epochs "${FT_EPOCHS:-1}" --finetune-seeds "$SEEDS" --seed 0 --workers "$WORKERS")
 
 ap() { $AP --threads "$THREADS" --device "$DEVICE" "$@"; }
-resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
+# resume a report, or an AMC search cut off before its first row was saved (--out/searches)
+resumable() { { [ -f "$1/results.json" ] || [ -d "$1/searches" ]; } && echo --resume || true; }
 # conditional_search OUT [flags...]: one conditional search over RANGE with the transferable observation;
 # resumes an interrupted one, skips a finished one
 conditional_search() {

@@ -40,7 +40,8 @@ STEPS=${STEPS:-policy seed1 ${AMC_TARGETS[*]/#/amc-}}  # which processes to run;
 SEEDS=${SEEDS:-3}  # every fine-tune is repeated with this many seeds: mean ± std per row
 FT=(--finetune-epochs 1 --finetune-seeds "$SEEDS" ${PRECISION:+--precision "$PRECISION"} --seed 0)
 
-resumable() { [ -f "$1/results.json" ] && echo --resume || true; }
+# resume a report, or an AMC search cut off before its first row was saved (--out/searches)
+resumable() { { [ -f "$1/results.json" ] || [ -d "$1/searches" ]; } && echo --resume || true; }
 
 search() {  # search SEED OUT
     local cmd=($AP --threads 1 search --checkpoint "$CKPT" --data-dir "$DATA" --targets "$RANGE" --episodes "$EPISODES"
