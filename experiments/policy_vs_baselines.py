@@ -5,7 +5,8 @@ The inputs are ``autoprune evaluate`` reports of one base model under one fine-t
 settings ``experiments.merge_reports`` checks). ``--reports`` hold the policy and the baselines (e.g.
 ``runs/policy`` and ``runs/amc``); each ``--policy LABEL=DIR`` adds the policy rows of another report
 under LABEL (a second search seed, a transferred policy); ``--baselines-from DIR`` adds the baseline rows
-of an earlier report (fine-tuned once, set against a new policy). Per target: every method's fine-tuned accuracy
+of an earlier report (fine-tuned once, set against a new policy); each ``--reference LABEL=DIR`` adds
+another report's policy rows as a baseline (an earlier search set against the new one). Per target: every method's fine-tuned accuracy
 (mean ± std over the seeds), then for every policy and baseline the paired difference (mean ± standard
 error over the seeds) and its verdict (``autoprune.agents.report.PairedDifference``): ahead or behind
 when a two-sided paired t-test at 5% says so, else within the noise. The summary counts, per policy and
@@ -45,6 +46,8 @@ class Config:
     reports: list[str] = field(default_factory=lambda: ["docs/results/resnet20-cifar10/runs/policy"])
     policy: list[str] = field(default_factory=list)  # LABEL=DIR: the policy rows of another report, as LABEL
     baselines_from: list[str] = field(default_factory=list)  # earlier reports: their baseline rows
+    # LABEL=DIR: the policy rows of another report set in as a baseline, e.g. an earlier search's policy
+    reference: list[str] = field(default_factory=list)
     targets: list[float] = field(default_factory=list)  # only these targets (e.g. a bar's); empty: every one
     name: str = "policy_vs_baselines"  # docs/results/<name>.json and .md
     out_dir: str = "docs/results"
@@ -56,26 +59,36 @@ def collect(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
     reference = read_report(cfg.reports[0])["config"]
     methods = {r["method"] for r in rows}
     policies = [POLICY] if POLICY in methods else []
-    for spec in cfg.policy:
-        label, sep, directory = spec.partition("=")
-        if not sep or not label or not directory:
-            raise AutopruneError(f"--policy takes LABEL=DIR, got {spec!r}")
-        if label in methods:
-            raise AutopruneError(f"--policy label {label!r} is already a method of the reports: pick another")
-        path = Path(directory) / "results.json"
-        report = read_report(directory)
-        differ = [k for k in SHARED if report["config"].get(k) != reference.get(k)]
-        if differ:
-            raise AutopruneError(f"{directory} differs from {cfg.reports[0]} in {', '.join(differ)}: not comparable")
-        taken = [r | {"method": label} for r in report["rows"] if r["method"] == POLICY]
-        if not taken:
-            raise AutopruneError(f"{path} holds no policy rows: give a report of `autoprune evaluate --policy ...`")
-        rows += taken
-        methods.add(label)
-        policies.append(label)
+    for option, specs in (("--policy", cfg.policy), ("--reference", cfg.reference)):
+        for spec in specs:
+            label, taken = policy_rows(option, spec, methods, cfg.reports[0], reference)
+            rows += taken
+            methods.add(label)
+            if option == "--policy":
+                policies.append(label)
     if not policies:
         raise AutopruneError("no policy rows: give a report of `autoprune evaluate --policy ...` or --policy LABEL=DIR")
     return rows, policies
+
+
+def policy_rows(option: str, spec: str, methods: set[str], first: str,
+                reference: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """``option``'s LABEL=DIR: the policy rows of report DIR renamed to LABEL, once DIR is checked to be
+    comparable with the first report (``reference``: its config)."""
+    label, sep, directory = spec.partition("=")
+    if not sep or not label or not directory:
+        raise AutopruneError(f"{option} takes LABEL=DIR, got {spec!r}")
+    if label in methods:
+        raise AutopruneError(f"{option} label {label!r} is already a method of the reports: pick another")
+    report = read_report(directory)
+    differ = [k for k in SHARED if report["config"].get(k) != reference.get(k)]
+    if differ:
+        raise AutopruneError(f"{directory} differs from {first} in {', '.join(differ)}: not comparable")
+    taken = [r | {"method": label} for r in report["rows"] if r["method"] == POLICY]
+    if not taken:
+        raise AutopruneError(f"{Path(directory) / 'results.json'} holds no policy rows: give a report of "
+                             "`autoprune evaluate --policy ...`")
+    return label, taken
 
 
 def main(cfg: Config) -> dict[str, Any]:

@@ -450,6 +450,13 @@ def test_policy_vs_baselines_pairs_seeds_per_baseline_and_counts_the_verdicts(tm
         main(Config(reports=[new], baselines_from=[own], targets=[0.9], out_dir=str(tmp_path / "docs")))
     with pytest.raises(AutopruneError, match="finetune_seeds: its rows are not comparable"):
         main(Config(reports=[new], baselines_from=[other], out_dir=str(tmp_path / "docs")))
+    # the earlier policy as a baseline of the new one
+    against = main(Config(reports=[new], baselines_from=[own], reference=[f"old={own}"], name="pvb4",
+                          out_dir=str(tmp_path / "docs")))
+    assert against["policies"] == ["policy"] and against["baselines"] == ["uniform", "global", "old"]
+    assert against["comparisons"]["policy"]["old"]["per_target"]["0.3"]["mean"] == pytest.approx(1.0)
+    with pytest.raises(AutopruneError, match="--reference label 'global' is already a method"):
+        main(Config(reports=[new], baselines_from=[own], reference=[f"global={own}"], out_dir=str(tmp_path / "docs")))
     from experiments.merge_reports import merge
 
     rows, config, _ = merge([Path(new)], [Path(own)])
