@@ -563,6 +563,10 @@ def test_an_interrupted_amc_search_continues_from_its_work_dir(task, tmp_path, m
     assert len((kept / "progress.csv").read_text().splitlines()) == 1 + 8  # continued, not started again
     with pytest.raises(AutopruneError, match="use the same ones to resume.*min_keep"):  # other settings are refused
         create_searcher("amc", work_dir=work).search(task.derive(min_keep=0.2), 0.5, episodes=8, seed=3)
+    # evaluate gives a folder to the resumable searchers only
+    evaluate_methods(task, [0.4], None, ["amc", "uniform"], baseline_episodes=3, work_dir=tmp_path / "eval")
+    assert (tmp_path / "eval" / "amc" / "amc-0.4" / "policy.json").exists()
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["amc"]
 
 
 def test_the_replay_buffer_saves_its_filled_part_and_loads_back_whole():

@@ -110,7 +110,8 @@ def evaluate_methods(
 
         methods.append(("policy", query))
     for name in baselines:
-        searcher = create_searcher(name, work_dir=None if work_dir is None else Path(work_dir) / name)
+        keeps = work_dir is not None and SEARCHERS.get(name).resumable  # only a resumable one gets a folder
+        searcher = create_searcher(name, work_dir=Path(work_dir) / name if keeps else None)
 
         def run(t: float, searcher=searcher) -> SearchResult:  # type: ignore[no-untyped-def]
             return searcher.search(task, t, baseline_episodes, seed)
