@@ -555,6 +555,8 @@ def test_an_interrupted_amc_search_continues_from_its_work_dir(task, tmp_path, m
     monkeypatch.setattr(Env, "_finish", original)
     kept = work / "amc-0.5"
     assert json.loads((kept / "policy.json").read_text())["episodes"] == 4
+    with open(kept / "progress.csv", "a") as fh:  # killed after its last save: an episode logged, not saved
+        fh.write("5,0.5,0.5,0.9,0.9,1.0,x\n")
     replay = kept / "resume" / "replay.pkl"
     assert replay.stat().st_size < 200_000  # the filled part only, not the 200,000 preallocated transitions
     result = create_searcher("amc", work_dir=work).search(task, 0.5, episodes=8, seed=3)

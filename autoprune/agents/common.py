@@ -19,6 +19,7 @@ from stable_baselines3.common.noise import VectorizedActionNoise
 from tqdm import tqdm
 
 from autoprune.pruning import PruningSpace
+from autoprune.utils import write_text_atomic
 
 BIN_WIDTH = 0.05  # target bins for "best strategy found per target"
 
@@ -127,6 +128,10 @@ class SearchMonitor(BaseCallback):
         self.bar = tqdm(total=self.episodes, initial=self.state["episodes"], desc="search", unit="ep",
                         disable=not self.progress, mininterval=1)
         self.csv_path = self.out_dir / "progress.csv"
+        if self.csv_path.exists():  # a search killed after its last save logged episodes it now runs again
+            lines = self.csv_path.read_text().splitlines(keepends=True)
+            if len(lines) > 1 + self.state["episodes"]:
+                write_text_atomic(self.csv_path, "".join(lines[:1 + self.state["episodes"]]))
 
     @property
     def seconds(self) -> float:
