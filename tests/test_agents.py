@@ -311,24 +311,30 @@ def test_top_level_api_searches_and_queries(trained_small, tmp_path):
     assert autoprune.count_flops(pruned, torch.zeros(1, 3, 16, 16)) <= 0.5 * autoprune.count_flops(model, torch.zeros(1, 3, 16, 16))
 
 
-def test_ctrl_c_saves_the_search_and_resume_finishes_it(trained_small, tmp_path, monkeypatch):
+def interrupt_episode(monkeypatch, n):
+    """Ctrl-C as episode ``n`` of any search ends; returns what puts the environment back."""
     from autoprune.envs.channel_pruning import ChannelPruningEnv as Env
 
-    _, ckpt = trained_small
     original, calls = Env._finish, {"n": 0}
 
-    def interrupt_on_fifth(self):
+    def interrupting(self):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(Env, "_finish", interrupt_on_fifth)
+    monkeypatch.setattr(Env, "_finish", interrupting)
+    return lambda: monkeypatch.setattr(Env, "_finish", original)
+
+
+def test_ctrl_c_saves_the_search_and_resume_finishes_it(trained_small, tmp_path, monkeypatch):
+    _, ckpt = trained_small
+    restore = interrupt_episode(monkeypatch, 5)
     config = SearchConfig(episodes=8, warmup_episodes=2, checkpoint_every=100)
     with pytest.raises(AutopruneError, match="interrupted after 4 episodes"):
         search(tmp_path, config, checkpoint=ckpt, progress=False)
     assert json.loads((tmp_path / "policy.json").read_text())["episodes"] == 4
-    monkeypatch.setattr(Env, "_finish", original)
+    restore()
     policy = search(tmp_path, config, checkpoint=ckpt, progress=False, resume=True)
     assert policy.meta["episodes"] == 8
 
@@ -537,22 +543,13 @@ def test_a_refused_resume_names_what_differs():
 
 def test_an_interrupted_amc_search_continues_from_its_work_dir(task, tmp_path, monkeypatch):
     from autoprune.agents.baselines import AMC
-    from autoprune.envs.channel_pruning import ChannelPruningEnv as Env
 
     monkeypatch.setattr(AMC, "CHECKPOINT_EVERY", 3)
-    original, calls = Env._finish, {"n": 0}
-
-    def interrupt_on_fifth(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Env, "_finish", interrupt_on_fifth)
+    restore = interrupt_episode(monkeypatch, 5)
     work = tmp_path / "searches"
     with pytest.raises(AutopruneError, match="interrupted after 4 episodes"):
         create_searcher("amc", work_dir=work).search(task, 0.5, episodes=8, seed=3)
-    monkeypatch.setattr(Env, "_finish", original)
+    restore()
     kept = work / "amc-0.5"
     assert json.loads((kept / "policy.json").read_text())["episodes"] == 4
     with open(kept / "progress.csv", "a") as fh:  # killed after its last save: an episode logged, not saved
