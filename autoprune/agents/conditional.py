@@ -302,9 +302,10 @@ def search(
                     f"{len(bases)} in this order: resume with the same --checkpoint options in the same order")
         elif saved[0] != meta["base_fingerprint"]:
             raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume")
-        if _resumable(state["meta"]["config"]) != _resumable(meta["config"]):
+        saved_config, this_config = _resumable(state["meta"]["config"]), _resumable(meta["config"])
+        if saved_config != this_config:
             raise AutopruneError(f"{out} was searched with another base model or settings; use the same ones to resume "
-                                 f"({describe_differences(_resumable(state['meta']['config']), _resumable(meta['config']))})")
+                                 f"({describe_differences(saved_config, this_config)})")
         if "init_policy" in state["meta"]:
             meta["init_policy"] = state["meta"]["init_policy"]
         agent = load_agent(config.agent, resume_dir / "agent.zip", env, state["noise_sigma"])
