@@ -357,8 +357,10 @@ def test_evaluate_resume_refuses_another_base_model_and_reports_merge(trained_sm
     del report["config"]["settings"]["reconstruct"]  # written before the setting existed
     (tmp_path / "a" / "results.json").write_text(json.dumps(report))
     assert main([*uniform, "--resume"]) == 0  # it reads as the default
-    assert main([*uniform, "--resume", "--proxy", "bn"]) == 2  # other settings are refused, naming the difference
-    assert "settings.proxy: 'recon' saved, 'bn' now" in capsys.readouterr().err
+    assert main([*uniform, "--resume", "--proxy-measure", "kl", "--lr", "0.05"]) == 0  # the defaults, typed out
+    assert main([*uniform, "--resume", "--proxy", "bn"]) == 2  # other settings are refused, naming the difference once
+    err = capsys.readouterr().err
+    assert "settings.proxy: 'recon' saved, 'bn' now" in err and err.count("'bn' now") == 1
     assert main([*common, "--targets", "0.5", "--baselines", "global", "--out", str(tmp_path / "b")]) == 0
 
     out = tmp_path / "merged"

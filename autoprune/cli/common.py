@@ -124,15 +124,19 @@ def settings_args(p: argparse.ArgumentParser, defaults_from: str) -> None:
                                          "model) or transferable (the same meaning on any architecture)")
 
 
+# The flags of ``settings_args`` and ``recipe_args``, by their ``PruningSettings`` / ``FinetuneRecipe`` field
+# names. Records store the settings and recipe they resolve to, so a resume compares those, not the flags
+# as typed: ``--proxy recon`` given explicitly resumes a report made with the default.
+SETTING_FLAGS = ("criterion", "reward", "prior", "min_keep", "round_to", "proxy", "proxy_measure", "proxy_images",
+                 "proxy_steps", "fill_budget", "reconstruct", "observation")
+RECIPE_FLAGS = ("lr", "schedule", "distill", "precision")
+
+
 def settings_from(args: argparse.Namespace, base=None):  # type: ignore[no-untyped-def]
     """``base`` (default: the library's ``PruningSettings()``) with the flags the user gave."""
     from autoprune.task import PruningSettings
 
-    return (base or PruningSettings()).replace(
-        criterion=args.criterion, reward=args.reward, prior=args.prior, min_keep=args.min_keep, round_to=args.round_to,
-        proxy_images=args.proxy_images, proxy_steps=args.proxy_steps, fill_budget=args.fill_budget,
-        observation=args.observation, reconstruct=args.reconstruct, proxy=args.proxy,
-        proxy_measure=args.proxy_measure)
+    return (base or PruningSettings()).replace(**{name: getattr(args, name) for name in SETTING_FLAGS})
 
 
 def recipe_args(p: argparse.ArgumentParser, epochs_flag: str = "--finetune-epochs") -> None:
@@ -157,8 +161,7 @@ def recipe_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise AutopruneError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if args.finetune_epochs == 0:
         return None
-    return FinetuneRecipe(epochs=args.finetune_epochs).replace(lr=args.lr, schedule=args.schedule, distill=args.distill,
-                                                                precision=args.precision)
+    return FinetuneRecipe(epochs=args.finetune_epochs).replace(**{name: getattr(args, name) for name in RECIPE_FLAGS})
 
 
 def workers_args(p: argparse.ArgumentParser, what: str) -> None:

@@ -9,6 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from autoprune.cli.common import (
+    RECIPE_FLAGS,
+    SETTING_FLAGS,
     command,
     data_args,
     parse_list,
@@ -252,10 +254,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         saved_config = saved.get("config", {})
         if isinstance(saved_config.get("settings"), dict):  # a setting added later reads as its default
             saved_config["settings"] = PruningSettings.normalized(saved_config["settings"])
-        # an option added in a later version reads as its default (None) in older reports
-        if any(saved_config.get(k) != config.get(k) for k in {*saved_config, *config}):
+        # the settings and recipe are compared as resolved, not as typed; an option added in a later version
+        # reads as its default (None) in older reports
+        saved_config, now = ({k: v for k, v in c.items() if k not in (*SETTING_FLAGS, *RECIPE_FLAGS)}
+                             for c in (saved_config, config))
+        if any(saved_config.get(k) != now.get(k) for k in {*saved_config, *now}):
             raise AutopruneError(f"{previous} was written with other settings or another base model; use the same "
-                                 f"ones to --resume, or write to a new --out ({describe_differences(saved_config, config)})")
+                                 f"ones to --resume, or write to a new --out ({describe_differences(saved_config, now)})")
         done, started = saved["rows"], saved.get("started", [])
         needed = {"method", "target", "kept_channels", "exact_strategy", "rebuild", "seed_accuracies"}
         if not isinstance(started, list) or not all(isinstance(r, dict) and needed <= r.keys() for r in started):
