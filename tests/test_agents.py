@@ -554,14 +554,16 @@ def test_an_interrupted_amc_search_continues_from_its_work_dir(task, tmp_path, m
     restore()
     kept = work / "amc-0.5"
     assert json.loads((kept / "policy.json").read_text())["episodes"] == 4
-    with open(kept / "progress.csv", "a") as fh:  # killed after its last save: an episode logged, not saved
-        fh.write("5,0.5,0.5,0.9,0.9,1.0,x\n")
+    with open(kept / "progress.csv", "a", newline="") as fh:  # killed after its last save: an episode logged, not saved
+        fh.write("5,0.5,0.5,0.9,0.9,1.0,x\r\n")
     replay = kept / "resume" / "replay.pkl"
     assert replay.stat().st_size < 200_000  # the filled part only, not the 200,000 preallocated transitions
     result = create_searcher("amc", work_dir=work).search(task, 0.5, episodes=8, seed=3)
     assert in_budget(task.space.flops_ratio(result.strategy), 0.5)
     assert json.loads((kept / "policy.json").read_text())["episodes"] == 8
-    assert len((kept / "progress.csv").read_text().splitlines()) == 1 + 8  # continued, not started again
+    lines = (kept / "progress.csv").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1 + 8  # continued, not started again
+    assert all(line.endswith(b"\r\n") for line in lines)  # the csv module's line ends, the kept rows' too
     with pytest.raises(AutopruneError, match="use the same ones to resume.*min_keep"):  # other settings are refused
         create_searcher("amc", work_dir=work).search(task.derive(min_keep=0.2), 0.5, episodes=8, seed=3)
     # evaluate gives a folder to the resumable searchers only

@@ -19,7 +19,7 @@ from stable_baselines3.common.noise import VectorizedActionNoise
 from tqdm import tqdm
 
 from autoprune.pruning import PruningSpace
-from autoprune.utils import write_text_atomic
+from autoprune.utils import atomic_path, write_text_atomic
 
 BIN_WIDTH = 0.05  # target bins for "best strategy found per target"
 
@@ -129,9 +129,10 @@ class SearchMonitor(BaseCallback):
                         disable=not self.progress, mininterval=1)
         self.csv_path = self.out_dir / "progress.csv"
         if self.csv_path.exists():  # a search killed after its last save logged episodes it now runs again
-            lines = self.csv_path.read_text().splitlines(keepends=True)
+            lines = self.csv_path.read_bytes().splitlines(keepends=True)  # bytes: the csv module's \r\n stay
             if len(lines) > 1 + self.state["episodes"]:
-                write_text_atomic(self.csv_path, "".join(lines[:1 + self.state["episodes"]]))
+                with atomic_path(self.csv_path) as tmp:
+                    Path(tmp).write_bytes(b"".join(lines[:1 + self.state["episodes"]]))
 
     @property
     def seconds(self) -> float:
@@ -196,13 +197,9 @@ def group_signature(space: PruningSpace) -> list[list]:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    from autoprune.utils import write_text_atomic
-
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
-    from autoprune.utils import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
