@@ -26,6 +26,8 @@ class Config(ProxyTaskConfig):
     target_low: float = 0.2
     target_high: float = 0.9
     seed: int = 0
+    name: str = ""  # report name: <out_dir>/<name>.md and .json (default env_check_<arch>)
+    out_dir: str = "docs/results"
 
 
 def main(cfg: Config) -> None:
@@ -57,12 +59,13 @@ def main(cfg: Config) -> None:
         "proxy_forward_s_mean": float(np.mean(forward_s)), "prune_s_mean": float(np.mean(prune_s)),
         "overhead_fraction": overhead, "total_s": time.perf_counter() - t0,
     }
-    md = (f"| model | groups | episodes | budget met | max (target - achieved) | episode (s) | proxy forward (s) | "
-          f"prune (s) | overhead |\n|---|---|---|---|---|---|---|---|---|\n"
-          f"| {cfg.arch} | {task.space.num_groups} | {cfg.episodes} | {met}/{cfg.episodes} | {max(gaps):.4f} | "
+    proxy = f"{cfg.proxy}, {cfg.proxy_measure}, {task.proxy.num_images} images"
+    md = (f"| model | proxy | groups | episodes | budget met | max (target - achieved) | episode (s) | proxy forward (s) | "
+          f"prune (s) | overhead |\n|---|---|---|---|---|---|---|---|---|---|\n"
+          f"| {cfg.arch} | {proxy} | {task.space.num_groups} | {cfg.episodes} | {met}/{cfg.episodes} | {max(gaps):.4f} | "
           f"{results['episode_s_mean']:.3f} | {results['proxy_forward_s_mean']:.3f} | {results['prune_s_mean']:.3f} | "
           f"{100 * overhead:.1f}% |")
-    write_report(f"env_check_{cfg.arch}", cfg, results, md)
+    write_report(cfg.name or f"env_check_{cfg.arch}", cfg, results, md, out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":

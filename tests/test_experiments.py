@@ -521,3 +521,14 @@ def test_reconstruction_measures_a_baseline_strategy_without_a_report(trained_sm
         main(dataclasses.replace(cfg, images=32, resume=True))
     with pytest.raises(AutopruneError, match="foo"):
         main(Config(checkpoint=str(checkpoint), data_dir="", report="", method="foo", targets=[0.5], threads=1))
+
+
+def test_env_check_times_episodes_under_the_proxy_it_is_given(tmp_path):
+    from experiments import env_check
+
+    env_check.main(env_check.Config(arch="smallcnn", data="digits", data_dir="", episodes=3, proxy_images=100,
+                                    proxy="recon", proxy_measure="kl", name="check", out_dir=str(tmp_path)))
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["config"]["proxy"] == "recon" and report["results"]["episodes"] == 3
+    assert 0 < report["results"]["proxy_forward_s_mean"] <= report["results"]["episode_s_mean"]
+    assert "| smallcnn | recon, kl, 100 images |" in (tmp_path / "check.md").read_text()
