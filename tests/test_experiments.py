@@ -227,6 +227,12 @@ def test_fidelity_data_resumes_and_score_proxies_reports_on_it(trained_small, tm
     assert cost["proxies"][0]["cpu_relative"] == pytest.approx(1.0) and cost["proxies"][1]["cpu_s"] > 0
     with pytest.raises(SystemExit, match="--unit"):
         proxy_cost.main(proxy_cost.Config(data=str(out), proxies=["recon"], out_dir=str(tmp_path)))
+    # on an untrained model of any architecture, at the shaped strategies of three targets
+    proxy_cost.main(proxy_cost.Config(arch="smallcnn", dataset="digits", proxies=["bn", "recon:measure=kl"], per_target=2,
+                                      proxy_images=100, data_dir="", out_dir=str(tmp_path), name="arch-cost"))
+    cost = json.loads((tmp_path / "arch-cost.json").read_text())["results"]
+    assert cost["strategies"] == 6 and cost["proxies"][1]["cpu_s"] > 0
+    assert "untrained smallcnn on digits" in (tmp_path / "arch-cost.md").read_text()
 
     # --reuse: the earlier report's scores are kept, only a new proxy is scored
     from autoprune import AutopruneError
