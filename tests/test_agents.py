@@ -558,7 +558,11 @@ def test_an_interrupted_amc_search_continues_from_its_work_dir(task, tmp_path, m
         fh.write("5,0.5,0.5,0.9,0.9,1.0,x\r\n")
     replay = kept / "resume" / "replay.pkl"
     assert replay.stat().st_size < 200_000  # the filled part only, not the 200,000 preallocated transitions
+    state = json.loads((kept / "resume" / "state.json").read_text())
+    state["monitor"]["seconds"] += 1000.0  # as if the first 4 episodes had run for 1000 s more
+    (kept / "resume" / "state.json").write_text(json.dumps(state))
     result = create_searcher("amc", work_dir=work).search(task, 0.5, episodes=8, seed=3)
+    assert result.seconds > 1000  # the search's cost counts the sessions before this one
     assert in_budget(task.space.flops_ratio(result.strategy), 0.5)
     assert json.loads((kept / "policy.json").read_text())["episodes"] == 8
     lines = (kept / "progress.csv").read_bytes().splitlines(keepends=True)

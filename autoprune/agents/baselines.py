@@ -32,6 +32,7 @@ tp-global  Torch-Pruning's own global pruning (MagnitudeImportance, global_pruni
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import numpy as np
 from autoprune.agents import thresholds  # noqa: F401 -- registers slimming, elasticity, gradient-threshold, tp-global
 from autoprune.agents.searcher import SEARCHERS, Searcher, SearchResult
 from autoprune.task import PruningTask
+from autoprune.utils import read_json
 
 __all__ = ["SEARCHERS", "SearchResult", "Searcher", "create_searcher", "list_searchers"]
 
@@ -172,6 +174,17 @@ class AMC(Searcher):
     summary = "AMC (He et al. 2018): one DDPG search per target"
     CHECKPOINT_EVERY = 25  # episodes between saves of a search with a work_dir
 
+    def search(self, task: PruningTask, target: float, episodes: int = 100, seed: int = 0) -> SearchResult:
+        """As ``Searcher.search``; a search continued from the work folder counts the seconds it ran before."""
+        state = None if self.work_dir is None else self._folder(target) / "resume" / "state.json"
+        earlier = float(read_json(state, "AMC search state")["monitor"]["seconds"]) if state and state.exists() else 0.0
+        result = super().search(task, target, episodes, seed)
+        return dataclasses.replace(result, seconds=result.seconds + earlier)
+
+    def _folder(self, target: float) -> Path:
+        assert self.work_dir is not None
+        return self.work_dir / f"amc-{target:g}"
+
     def _search(self, task, target, episodes, rng):  # type: ignore[no-untyped-def]
         from autoprune.agents.conditional import SearchConfig, search
 
@@ -184,7 +197,7 @@ class AMC(Searcher):
             if self.work_dir is None:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             else:
-                out = self.work_dir / f"amc-{target:g}"
+                out = self._folder(target)
             policy = search(out, config, task=amc_task, progress=False, resume=(out / "resume" / "agent.zip").exists())
             explored = [b["strategy"] for b in policy.meta["best_per_target_bin"].values()]
         candidates = [np.asarray(s) for s in explored] + [policy.strategy(target)]
