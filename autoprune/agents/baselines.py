@@ -177,7 +177,8 @@ class AMC(Searcher):
     def search(self, task: PruningTask, target: float, episodes: int = 100, seed: int = 0) -> SearchResult:
         """As ``Searcher.search``; a search continued from the work folder counts the seconds it ran before."""
         state = None if self.work_dir is None else self._folder(target) / "resume" / "state.json"
-        earlier = float(read_json(state, "AMC search state")["monitor"]["seconds"]) if state and state.exists() else 0.0
+        saved = state is not None and state.exists()
+        earlier = float(read_json(state, "AMC search state")["monitor"]["seconds"]) if saved else 0.0
         result = super().search(task, target, episodes, seed)
         return dataclasses.replace(result, seconds=result.seconds + earlier)
 
