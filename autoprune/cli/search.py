@@ -256,8 +256,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             saved_config["settings"] = PruningSettings.normalized(saved_config["settings"])
         # the settings and recipe are compared as resolved, not as typed; an option added in a later version
         # reads as its default (None) in older reports
-        saved_config, now = ({k: v for k, v in c.items() if k not in (*SETTING_FLAGS, *RECIPE_FLAGS)}
-                             for c in (saved_config, config))
+        typed = {*SETTING_FLAGS, *RECIPE_FLAGS}
+        saved_config, now = ({k: v for k, v in c.items() if k not in typed} for c in (saved_config, config))
         if any(saved_config.get(k) != now.get(k) for k in {*saved_config, *now}):
             raise AutopruneError(f"{previous} was written with other settings or another base model; use the same "
                                  f"ones to --resume, or write to a new --out ({describe_differences(saved_config, now)})")
